@@ -1,0 +1,49 @@
+//! The `keygate` command line: one file per subcommand family.
+
+pub mod check;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about = "An authenticating, metering gateway for OpenAI-compatible APIs")]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KEYGATE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, default_value = "config/keygate.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0 if it is valid, 1 with every problem listed if not.
+    Check {
+        #[arg(long, default_value = "config/keygate.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Sets up logging: `RUST_LOG` filters (default `info`), `--log-format` picks text or JSON.
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

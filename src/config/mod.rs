@@ -1,0 +1,244 @@
+//! Configuration: [`file`] reads the TOML as written, [`validate`] turns it into the typed
+//! [`Config`] below. After validation nothing handles a string that should be a type.
+
+pub mod file;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::uri::{Authority, Scheme};
+
+use crate::access::{IpRules, ReferrerRules, Scope, ScopeSet};
+use crate::auth::KeyDigest;
+
+/// A validated configuration. Built once per load or reload, then shared read-only.
+#[derive(Debug)]
+pub struct Config {
+    pub server: Server,
+    pub admin: Admin,
+    pub upstream: Upstream,
+    pub storage: Storage,
+    pub models: Models,
+    pub keys: Vec<Arc<KeyPolicy>>,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: IpRules,
+    pub tls: Option<TlsFiles>,
+    pub limits: ServerLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Hard limits on what a client may send; each has a default and can be set in `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub header_read_timeout: Duration,
+    /// How long the whole request body may take to arrive.
+    pub body_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: u64,
+    pub max_json_depth: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_json_depth: 128,
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub token_env: String,
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix of `upstream.url` without a trailing slash (`""` or e.g. `/v1`).
+    pub base_path: String,
+    pub api_key_env: String,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct Storage {
+    pub path: PathBuf,
+}
+
+/// Integer micro-dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Price {
+    pub input: u64,
+    pub cached_input: u64,
+    pub output: u64,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub name: Arc<str>,
+    pub scope: Scope,
+    pub price: Price,
+}
+
+/// The `[[models]]` table, in file order, with lookup by name.
+#[derive(Debug, Default)]
+pub struct Models {
+    ordered: Vec<Arc<Model>>,
+    by_name: HashMap<Arc<str>, Arc<Model>>,
+}
+
+impl Models {
+    pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.ordered.iter()
+    }
+
+    fn insert(&mut self, model: Model) -> bool {
+        let model = Arc::new(model);
+        if self.by_name.contains_key(&model.name) {
+            return false;
+        }
+        self.by_name.insert(model.name.clone(), model.clone());
+        self.ordered.push(model);
+        true
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Environment {
+    Production,
+    Development,
+    Restricted,
+}
+
+impl Environment {
+    pub const ALL: [Environment; 3] = [
+        Environment::Production,
+        Environment::Development,
+        Environment::Restricted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Environment::Production => "production",
+            Environment::Development => "development",
+            Environment::Restricted => "restricted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.name() == s)
+    }
+}
+
+/// Per-key limits, after environment defaults are applied. `None` means unlimited.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub requests_per_minute: Option<NonZeroU32>,
+    pub tokens_per_minute: Option<NonZeroU32>,
+    pub monthly_spend_micros: Option<u64>,
+    pub max_concurrent_requests: Option<NonZeroU32>,
+}
+
+/// A rotated-out secret that stays valid until `expires`.
+#[derive(Debug, Clone)]
+pub struct PreviousSecret {
+    pub digest: KeyDigest,
+    pub expires: SystemTime,
+}
+
+/// Everything keygate knows about one key, with environment defaults already applied.
+#[derive(Debug)]
+pub struct KeyPolicy {
+    /// Stable id: usage, limits and metrics are keyed by it, never by the secret.
+    pub id: Arc<str>,
+    pub name: String,
+    pub description: String,
+    pub environment: Environment,
+    pub digest: KeyDigest,
+    pub previous: Option<PreviousSecret>,
+    pub active: bool,
+    pub created: SystemTime,
+    pub expires: Option<SystemTime>,
+    pub scopes: ScopeSet,
+    /// `None`: any configured model within the key's scopes.
+    pub models: Option<Vec<Arc<str>>>,
+    pub allowed_ips: IpRules,
+    pub allowed_referrers: ReferrerRules,
+    pub limits: Limits,
+}
+
+impl KeyPolicy {
+    /// Whether this key may use `model`: its scope is granted and any model list names it.
+    pub fn may_use(&self, model: &Model) -> bool {
+        self.scopes.contains(model.scope)
+            && self
+                .models
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|m| **m == *model.name))
+    }
+}
+
+/// Why a config file could not be used; each line names the TOML path and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: String) -> Self {
+        Self {
+            problems: vec![problem],
+        }
+    }
+}
+
+/// Reads, parses and validates a config file. Relative paths inside it are resolved against
+/// the file's directory.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one(format!("cannot read {}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    from_str(&text, base)
+}
+
+/// Parses and validates config text; `base` anchors relative paths.
+pub fn from_str(text: &str, base: &Path) -> Result<Config, ConfigError> {
+    let raw = file::parse(text).map_err(ConfigError::one)?;
+    validate::validate(raw, base)
+}

@@ -1,0 +1,425 @@
+//! Turns a [`RawConfig`] into a typed [`Config`], collecting every problem with its TOML path
+//! so `keygate check` can report them all at once.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::Uri;
+use http::uri::Scheme;
+
+use super::file::{RawConfig, RawEnvironment, RawKey, RawLimits, RawServer, RawUpstream};
+use super::{
+    Admin, Config, ConfigError, Environment, KeyPolicy, Limits, Model, Models,
+    PreviousSecret, Price, Server, ServerLimits, Storage, TlsFiles, Upstream,
+};
+use crate::access::{IpRules, ReferrerRules, Scope, ScopeSet, parse_ip_or_cidr};
+use crate::auth::KeyDigest;
+
+/// The largest amount of money a config may name, in USD (a guard against typos like 5e9).
+const MAX_USD: f64 = 1e9;
+
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, path: impl std::fmt::Display, msg: impl std::fmt::Display) {
+        self.0.push(format!("{path}: {msg}"));
+    }
+
+    /// Records the error of `result` (if any) under `path` and returns its value.
+    fn take<T>(&mut self, path: impl std::fmt::Display, result: Result<T, String>) -> Option<T> {
+        result.map_err(|e| self.add(path, e)).ok()
+    }
+}
+
+pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+    let mut p = Problems::default();
+    let server = server(&raw.server, base, &mut p);
+    let admin = Admin {
+        listen: p
+            .take(
+                "admin.listen",
+                socket_addr(raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9090")),
+            )
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+        token_env: raw
+            .admin
+            .token_env
+            .unwrap_or_else(|| "KEYGATE_ADMIN_TOKEN".to_owned()),
+    };
+    let upstream = upstream(&raw.upstream, &mut p);
+    let storage = Storage {
+        path: base.join(raw.storage.path.as_deref().unwrap_or("data/keygate.db")),
+    };
+
+    let mut models = Models::default();
+    for (i, m) in raw.models.iter().enumerate() {
+        let path = format!("models[{i}]");
+        let scope = p.take(format!("{path}.scope"), Scope::parse(&m.scope));
+        let input = p.take(format!("{path}.input_per_million"), usd_micros(m.input_per_million));
+        let cached = match m.cached_input_per_million {
+            Some(v) => p.take(format!("{path}.cached_input_per_million"), usd_micros(v)),
+            None => input,
+        };
+        let output = p.take(format!("{path}.output_per_million"), usd_micros(m.output_per_million));
+        if m.name.trim().is_empty() || m.name.trim() != m.name {
+            p.add(format!("{path}.name"), "must be a non-empty name without surrounding spaces");
+        }
+        if let (Some(scope), Some(input), Some(cached_input), Some(output)) = (scope, input, cached, output)
+        {
+            let model = Model {
+                name: m.name.as_str().into(),
+                scope,
+                price: Price { input, cached_input, output },
+            };
+            if !models.insert(model) {
+                p.add(format!("{path}.name"), format!("model {:?} is listed twice", m.name));
+            }
+        }
+    }
+
+    let mut envs: HashMap<Environment, Defaults> = HashMap::new();
+    for (name, env) in &raw.environments {
+        let path = format!("environments.{name}");
+        match Environment::parse(name) {
+            Some(e) => {
+                let defaults = defaults(&path, env, &models, &mut p);
+                envs.insert(e, defaults);
+            }
+            None => p.add(path, "unknown environment (expected production, development or restricted)"),
+        }
+    }
+
+    let now = SystemTime::now();
+    let mut keys = Vec::with_capacity(raw.keys.len());
+    let mut ids = HashSet::new();
+    let mut digests: HashMap<KeyDigest, String> = HashMap::new();
+    for (i, k) in raw.keys.iter().enumerate() {
+        let path = format!("keys[{i}]");
+        if !ids.insert(k.id.as_str()) {
+            p.add(format!("{path}.id"), format!("duplicate key id {:?}", k.id));
+        }
+        if let Some(policy) = key(&path, k, &envs, &models, now, &mut p) {
+            for d in std::iter::once(policy.digest).chain(policy.previous.as_ref().map(|s| s.digest)) {
+                if let Some(other) = digests.insert(d, k.id.clone()) {
+                    p.add(
+                        format!("{path}.hash"),
+                        format!("the same key hash is already used by key {other:?}"),
+                    );
+                }
+            }
+            keys.push(Arc::new(policy));
+        }
+    }
+
+    if !p.0.is_empty() {
+        return Err(ConfigError { problems: p.0 });
+    }
+    let (Some(server), Some(upstream)) = (server, upstream) else {
+        return Err(ConfigError::one("invalid [server] or [upstream] section".into()));
+    };
+    Ok(Config { server, admin, upstream, storage, models, keys })
+}
+
+fn server(raw: &RawServer, base: &Path, p: &mut Problems) -> Option<Server> {
+    let listen = p.take("server.listen", socket_addr(&raw.listen));
+    let trusted = cidrs("server.trusted_proxies", &raw.trusted_proxies, p);
+    let tls = match (&raw.tls_cert, &raw.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert: base.join(cert), key: base.join(key) }),
+        (None, None) => None,
+        _ => {
+            p.add("server.tls_cert", "tls_cert and tls_key must be set together");
+            None
+        }
+    };
+    let d = ServerLimits::default();
+    let limits = ServerLimits {
+        header_read_timeout: duration(p, "server.header_read_timeout", &raw.header_read_timeout, d.header_read_timeout),
+        body_read_timeout: duration(p, "server.body_read_timeout", &raw.body_read_timeout, d.body_read_timeout),
+        max_header_bytes: bounded(p, "server.max_header_bytes", raw.max_header_bytes, d.max_header_bytes, 1024, 1 << 20),
+        max_headers: bounded(p, "server.max_headers", raw.max_headers, d.max_headers, 8, 1000),
+        max_uri_bytes: bounded(p, "server.max_uri_bytes", raw.max_uri_bytes, d.max_uri_bytes, 256, 1 << 20),
+        max_body_bytes: bounded(p, "server.max_body_bytes", raw.max_body_bytes, d.max_body_bytes as usize, 1024, 1 << 30) as u64,
+        max_json_depth: bounded(p, "server.max_json_depth", raw.max_json_depth, d.max_json_depth, 2, 128),
+        max_connections: bounded(p, "server.max_connections", raw.max_connections, d.max_connections, 1, 1_000_000),
+        shutdown_grace: duration(p, "server.shutdown_grace", &raw.shutdown_grace, d.shutdown_grace),
+    };
+    Some(Server { listen: listen?, trusted_proxies: trusted, tls, limits })
+}
+
+fn upstream(raw: &RawUpstream, p: &mut Problems) -> Option<Upstream> {
+    let url = p.take("upstream.url", upstream_url(&raw.url));
+    if raw.api_key_env.trim().is_empty() {
+        p.add("upstream.api_key_env", "must name an environment variable");
+    }
+    let connect_timeout = duration(p, "upstream.connect_timeout", &raw.connect_timeout, Duration::from_secs(5));
+    let first_byte_timeout = duration(p, "upstream.first_byte_timeout", &raw.first_byte_timeout, Duration::from_secs(120));
+    let idle_timeout = duration(p, "upstream.idle_timeout", &raw.idle_timeout, Duration::from_secs(120));
+    let (scheme, authority, base_path) = url?;
+    Some(Upstream {
+        scheme,
+        authority,
+        base_path,
+        api_key_env: raw.api_key_env.clone(),
+        connect_timeout,
+        first_byte_timeout,
+        idle_timeout,
+    })
+}
+
+fn upstream_url(s: &str) -> Result<(Scheme, http::uri::Authority, String), String> {
+    let uri: Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    let scheme = match uri.scheme() {
+        Some(sch) if *sch == Scheme::HTTPS || *sch == Scheme::HTTP => sch.clone(),
+        _ => return Err(format!("{s:?} must start with https:// (or http:// for a local upstream)")),
+    };
+    let authority = uri.authority().cloned().ok_or_else(|| format!("{s:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("must not contain credentials; use upstream.api_key_env".into());
+    }
+    if uri.query().is_some() {
+        return Err(format!("{s:?} must not have a query string"));
+    }
+    Ok((scheme, authority, uri.path().trim_end_matches('/').to_owned()))
+}
+
+/// Environment defaults, validated once and copied into each key that lacks its own value.
+#[derive(Default)]
+struct Defaults {
+    scopes: Option<ScopeSet>,
+    models: Option<Vec<Arc<str>>>,
+    allowed_ips: Option<IpRules>,
+    allowed_referrers: Option<ReferrerRules>,
+    limits: RawLimits,
+}
+
+fn defaults(path: &str, env: &RawEnvironment, models: &Models, p: &mut Problems) -> Defaults {
+    Defaults {
+        scopes: env.scopes.as_ref().map(|s| scopes(&format!("{path}.scopes"), s, p)),
+        models: env.models.as_ref().map(|m| model_list(&format!("{path}.models"), m, models, p)),
+        allowed_ips: env.allowed_ips.as_ref().map(|v| cidrs(&format!("{path}.allowed_ips"), v, p)),
+        allowed_referrers: env
+            .allowed_referrers
+            .as_ref()
+            .map(|v| referrers(&format!("{path}.allowed_referrers"), v, p)),
+        limits: env.limits.clone(),
+    }
+}
+
+fn key(
+    path: &str,
+    k: &RawKey,
+    envs: &HashMap<Environment, Defaults>,
+    models: &Models,
+    now: SystemTime,
+    p: &mut Problems,
+) -> Option<KeyPolicy> {
+    let valid_id = !k.id.is_empty()
+        && k.id.len() <= 64
+        && k.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid_id {
+        p.add(format!("{path}.id"), "must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'");
+    }
+    let environment = Environment::parse(&k.environment);
+    if environment.is_none() {
+        p.add(
+            format!("{path}.environment"),
+            format!("unknown environment {:?} (expected production, development or restricted)", k.environment),
+        );
+    }
+    let empty = Defaults::default();
+    let env = environment.and_then(|e| envs.get(&e)).unwrap_or(&empty);
+    let digest = p.take(format!("{path}.hash"), KeyDigest::parse(&k.hash));
+    let active = match k.status.as_str() {
+        "active" => Some(true),
+        "inactive" => Some(false),
+        other => {
+            p.add(format!("{path}.status"), format!("{other:?} is not active or inactive"));
+            None
+        }
+    };
+    let created = p.take(format!("{path}.created"), utc(&k.created));
+    let expires = k.expires.as_ref().and_then(|d| p.take(format!("{path}.expires"), utc(d)));
+    let previous = match (&k.previous_hash, &k.previous_expires) {
+        (Some(h), Some(e)) => {
+            let digest = p.take(format!("{path}.previous_hash"), KeyDigest::parse(h));
+            let expires = p.take(format!("{path}.previous_expires"), utc(e));
+            digest.zip(expires).map(|(digest, expires)| PreviousSecret { digest, expires })
+        }
+        (None, None) => None,
+        _ => {
+            p.add(format!("{path}.previous_hash"), "previous_hash and previous_expires must be set together");
+            None
+        }
+    };
+    let previous = previous.filter(|prev| prev.expires > now);
+
+    let scopes = match &k.scopes {
+        Some(s) => scopes(&format!("{path}.scopes"), s, p),
+        None => env.scopes.unwrap_or_default(),
+    };
+    if scopes.is_empty() {
+        p.add(
+            format!("{path}.scopes"),
+            "a key needs at least one scope (set scopes on the key or in its environment)",
+        );
+    }
+    let model_list = match &k.models {
+        Some(m) => Some(model_list(&format!("{path}.models"), m, models, p)),
+        None => env.models.clone(),
+    };
+    if environment == Some(Environment::Restricted) && model_list.as_ref().is_none_or(Vec::is_empty) {
+        p.add(
+            format!("{path}.models"),
+            "a key in the restricted environment must list the models it may use",
+        );
+    }
+    let allowed_ips = match &k.allowed_ips {
+        Some(v) => cidrs(&format!("{path}.allowed_ips"), v, p),
+        None => env.allowed_ips.clone().unwrap_or_default(),
+    };
+    let allowed_referrers = match &k.allowed_referrers {
+        Some(v) => referrers(&format!("{path}.allowed_referrers"), v, p),
+        None => env.allowed_referrers.clone().unwrap_or_default(),
+    };
+    let limits = limits(&format!("{path}.limits"), &k.limits, &env.limits, p);
+
+    Some(KeyPolicy {
+        id: k.id.as_str().into(),
+        name: k.name.clone(),
+        description: k.description.clone(),
+        environment: environment?,
+        digest: digest?,
+        previous,
+        active: active?,
+        created: created?,
+        expires,
+        scopes,
+        models: model_list,
+        allowed_ips,
+        allowed_referrers,
+        limits: limits?,
+    })
+}
+
+fn limits(path: &str, own: &RawLimits, env: &RawLimits, p: &mut Problems) -> Option<Limits> {
+    let mut ok = true;
+    let mut count = |field: &str, v: Option<u64>| -> Option<NonZeroU32> {
+        let v = v?;
+        match u32::try_from(v).ok().and_then(NonZeroU32::new) {
+            Some(n) => Some(n),
+            None => {
+                p.add(format!("{path}.{field}"), format!("{v} must be between 1 and {}", u32::MAX));
+                ok = false;
+                None
+            }
+        }
+    };
+    let requests_per_minute = count("requests_per_minute", own.requests_per_minute.or(env.requests_per_minute));
+    let tokens_per_minute = count("tokens_per_minute", own.tokens_per_minute.or(env.tokens_per_minute));
+    let max_concurrent_requests =
+        count("max_concurrent_requests", own.max_concurrent_requests.or(env.max_concurrent_requests));
+    let monthly_spend_micros = match own.monthly_spend_usd.or(env.monthly_spend_usd) {
+        Some(usd) => p.take(format!("{path}.monthly_spend_usd"), usd_micros(usd)).or_else(|| {
+            ok = false;
+            None
+        }),
+        None => None,
+    };
+    ok.then_some(Limits { requests_per_minute, tokens_per_minute, monthly_spend_micros, max_concurrent_requests })
+}
+
+fn scopes(path: &str, list: &[String], p: &mut Problems) -> ScopeSet {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, s)| p.take(format!("{path}[{i}]"), Scope::parse(s)))
+        .collect()
+}
+
+fn model_list(path: &str, list: &[String], models: &Models, p: &mut Problems) -> Vec<Arc<str>> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, name)| match models.get(name) {
+            Some(m) => Some(m.name.clone()),
+            None => {
+                p.add(format!("{path}[{i}]"), format!("model {name:?} is not listed in [[models]]"));
+                None
+            }
+        })
+        .collect()
+}
+
+fn cidrs(path: &str, list: &[String], p: &mut Problems) -> IpRules {
+    IpRules::new(
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, s)| p.take(format!("{path}[{i}]"), parse_ip_or_cidr(s)))
+            .collect(),
+    )
+}
+
+fn referrers(path: &str, list: &[String], p: &mut Problems) -> ReferrerRules {
+    ReferrerRules::compile(list).unwrap_or_else(|(i, e)| {
+        p.add(format!("{path}[{i}]"), e);
+        ReferrerRules::default()
+    })
+}
+
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:8080 or [::1]:8080"))
+}
+
+fn duration(p: &mut Problems, path: &str, raw: &Option<String>, default: Duration) -> Duration {
+    let Some(text) = raw else { return default };
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            p.add(path, "must be longer than zero");
+            default
+        }
+        Err(e) => {
+            p.add(path, format!("{text:?} is not a duration like \"10s\" or \"2m\": {e}"));
+            default
+        }
+    }
+}
+
+fn bounded(p: &mut Problems, path: &str, raw: Option<u64>, default: usize, min: u64, max: u64) -> usize {
+    match raw {
+        None => default,
+        Some(v) if (min..=max).contains(&v) => usize::try_from(v).unwrap_or(default),
+        Some(v) => {
+            p.add(path, format!("{v} is outside {min}..={max}"));
+            default
+        }
+    }
+}
+
+/// USD amount to integer micro-dollars; refuses negatives, NaN and sub-micro-dollar precision.
+pub fn usd_micros(usd: f64) -> Result<u64, String> {
+    if !usd.is_finite() || usd < 0.0 || usd > MAX_USD {
+        return Err(format!("{usd} must be an amount in USD between 0 and {MAX_USD}"));
+    }
+    let scaled = usd * 1e6;
+    let micros = scaled.round();
+    if (scaled - micros).abs() > 1e-3 {
+        return Err(format!("{usd} is more precise than one micro-dollar"));
+    }
+    // In range by the checks above: 0 <= micros <= 1e15 < 2^53.
+    Ok(micros as u64)
+}
+
+/// A TOML offset date-time in UTC (`2026-01-15T00:00:00Z`) as a `SystemTime`.
+fn utc(dt: &toml::value::Datetime) -> Result<SystemTime, String> {
+    let text = dt.to_string();
+    if dt.date.is_none() || dt.time.is_none() || dt.offset.is_none() {
+        return Err(format!("{text} must be a full UTC timestamp like 2026-01-15T00:00:00Z"));
+    }
+    humantime::parse_rfc3339(&text)
+        .map_err(|_| format!("{text} must be in UTC, ending in Z (like 2026-01-15T00:00:00Z)"))
+}

@@ -1,0 +1,22 @@
+//! keygate: an authenticating, metering reverse proxy for OpenAI-compatible LLM APIs.
+//!
+//! # Layout
+//! - [`cli`]: the `keygate` subcommands (`serve`, `check`).
+//! - [`config`]: the TOML file as written ([`config::file`]) and validated ([`config::validate`]).
+//! - [`state`]: the immutable per-request [`state::Runtime`] snapshot and the shared [`state::Gateway`].
+//! - [`server`]: listeners, TLS, connection limits, graceful drain.
+//! - [`pipeline`]: a request's phases in order: admit, authenticate, authorize, forward, settle.
+//! - [`auth`]: the key format and the key table.
+//! - [`access`]: client-IP resolution, CIDR and referrer rules, scopes.
+//! - [`upstream`]: the pooled upstream client, header hygiene, usage extraction.
+//! - [`error`]: every refusal mapped to a status, an OpenAI error body and a reason label.
+
+pub mod access;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod pipeline;
+pub mod server;
+pub mod state;
+pub mod upstream;

@@ -1,0 +1,43 @@
+//! Admit: checks that cost nothing and need no key. URI length, request framing that could
+//! smuggle a second request past the upstream, and the client's address.
+
+use std::net::SocketAddr;
+
+use http::{HeaderMap, Request, header};
+
+use super::ctx::RequestCtx;
+use crate::config::Config;
+use crate::error::Refusal;
+
+pub fn admit<B>(req: &Request<B>, peer: SocketAddr, config: &Config, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+    ctx.client_ip = Some(crate::access::client_ip::resolve(
+        peer,
+        req.headers(),
+        &config.server.trusted_proxies,
+    ));
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > config.server.limits.max_uri_bytes {
+        return Err(Refusal::UriTooLong);
+    }
+    check_framing(req.headers())
+}
+
+/// Refuses framing that two HTTP parsers could read differently: `Transfer-Encoding` together
+/// with `Content-Length`, or any transfer coding other than a single `chunked`.
+fn check_framing(headers: &HeaderMap) -> Result<(), Refusal> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let Some(first) = codings.next() else {
+        return Ok(());
+    };
+    if codings.next().is_some() || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+        return Err(Refusal::InvalidRequest(
+            "Transfer-Encoding other than a single 'chunked' is not accepted.".into(),
+        ));
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(Refusal::InvalidRequest(
+            "Transfer-Encoding and Content-Length together are not accepted.".into(),
+        ));
+    }
+    Ok(())
+}

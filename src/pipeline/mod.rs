@@ -1,0 +1,187 @@
+//! A request's path through keygate, phase by phase:
+//! [`admit`] -> [`authenticate`] -> route -> [`authorize`] (source) -> body ->
+//! [`authorize`] (model) -> [`forward`] -> [`settle`].
+//! Every refusal is a [`Refusal`]; every request, refused or not, is settled exactly once.
+
+pub mod admit;
+pub mod authenticate;
+pub mod authorize;
+pub mod body;
+pub mod ctx;
+pub mod forward;
+pub mod request_json;
+pub mod route;
+pub mod settle;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{Request, Response, header};
+use hyper::body::Incoming;
+
+use self::body::{Metered, ResponseBody};
+use self::ctx::RequestCtx;
+use self::route::{RouteError, RouteKind};
+use self::settle::{Outcome, Settlement};
+use crate::error::Refusal;
+use crate::state::{Gateway, Runtime};
+use crate::upstream::UsageScanner;
+
+/// What the pipeline produced for a request it did not refuse.
+enum Answer {
+    /// The upstream's answer, to be streamed through and metered.
+    Stream(Response<Incoming>),
+    /// An answer keygate rebuilt (a filtered model list).
+    Rebuilt(Response<ResponseBody>),
+}
+
+/// hyper's service entry point: one request in, one response out, never an error.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let rt = gw.runtime();
+    let mut settlement = Settlement::new(RequestCtx::new());
+    let response = match process(&gw, &rt, peer, req, &mut settlement).await {
+        Ok(Answer::Stream(response)) => {
+            settlement.set_status(response.status().as_u16());
+            let (mut parts, incoming) = response.into_parts();
+            crate::upstream::headers::to_client(&mut parts.headers, &settlement.ctx.id);
+            let scanner = UsageScanner::for_content_type(
+                parts.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            );
+            let idle = rt.config.upstream.idle_timeout;
+            let body = Metered::new(incoming, scanner, settlement, idle);
+            Response::from_parts(parts, ResponseBody::Metered(Box::new(body)))
+        }
+        Ok(Answer::Rebuilt(response)) => {
+            settlement.set_status(response.status().as_u16());
+            settlement.finish(Outcome::Completed, None);
+            response
+        }
+        Err(refusal) => {
+            log_refusal(&refusal, &settlement.ctx);
+            settlement.set_status(refusal.status().as_u16());
+            let response = refusal.to_response(&settlement.ctx.id);
+            settlement.finish(Outcome::Refused(refusal.reason()), None);
+            response
+        }
+    };
+    Ok(response)
+}
+
+async fn process(
+    gw: &Gateway,
+    rt: &Runtime,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    settlement: &mut Settlement,
+) -> Result<Answer, Refusal> {
+    let config = &rt.config;
+    let ctx = &mut settlement.ctx;
+    admit::admit(&req, peer, config, ctx)?;
+    // The path is checked before the key so that a refusal for a bad path never depends on
+    // whether the key is valid.
+    route::check_canonical(req.uri().path()).map_err(|_| Refusal::NotCanonical)?;
+    let key = authenticate::authenticate(req.headers(), &rt.keys, SystemTime::now())?;
+    ctx.key_id = Some(key.id.clone());
+
+    let (parts, body) = req.into_parts();
+    // A cheap handle (reference-counted) so the route can borrow the path while `parts` moves on.
+    let uri = parts.uri.clone();
+    let route = route::resolve(&parts.method, uri.path()).map_err(|e| match e {
+        RouteError::NotCanonical => Refusal::NotCanonical,
+        RouteError::NotFound => Refusal::UnknownRoute,
+        RouteError::MethodNotAllowed => Refusal::MethodNotAllowed,
+    })?;
+    ctx.endpoint = route.endpoint;
+    let client_ip = ctx.client_ip.unwrap_or_else(|| peer.ip().to_canonical());
+    authorize::authorize_source(key, client_ip, &parts.headers, &route)?;
+
+    if let (RouteKind::RetrieveModel, Some(name)) = (route.kind, route.param) {
+        let model = authorize::authorize_listed_model(key, &config.models, name)?;
+        ctx.model = Some(model.name.clone());
+    }
+
+    let body = forward::read_body(body, &parts.headers, &config.server.limits).await?;
+    authorize_body(rt, key, &route, &parts.headers, &body, ctx)?;
+
+    let path = route.path;
+    let list_models = route.kind == RouteKind::ListModels;
+    let response = forward::send(gw, rt, parts, path, body, ctx).await?;
+    let status = response.status();
+    if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+        return Err(Refusal::UpstreamAuth);
+    }
+    if list_models && status.is_success() {
+        return forward::filter_model_list(response, key, &config.models, &config.upstream, &ctx.id)
+            .await
+            .map(Answer::Rebuilt);
+    }
+    Ok(Answer::Stream(response))
+}
+
+/// Reads model and stream flags from a JSON body and authorizes the model.
+fn authorize_body(
+    rt: &Runtime,
+    key: &crate::config::KeyPolicy,
+    route: &route::Route<'_>,
+    headers: &http::HeaderMap,
+    body: &Bytes,
+    ctx: &mut RequestCtx,
+) -> Result<(), Refusal> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().trim_ascii_start().starts_with(b"application/json"));
+    let has_body = !body.is_empty();
+    if route.kind.requires_model() && !is_json {
+        return Err(Refusal::InvalidRequest(
+            "This route takes a JSON body; set 'Content-Type: application/json'.".into(),
+        ));
+    }
+    if !(is_json && has_body) {
+        // A body keygate does not read (multipart) cannot prove which model it uses.
+        if has_body && key.models.is_some() && route.kind.may_name_model() {
+            return Err(Refusal::ModelNotAllowed);
+        }
+        return Ok(());
+    }
+    let fields = request_json::parse(body, rt.config.server.limits.max_json_depth)
+        .map_err(|e| Refusal::InvalidRequest(e.to_string().into()))?;
+    ctx.stream = fields.stream;
+    match fields.model.as_deref() {
+        Some(name) => {
+            let model = authorize::authorize_model(key, &rt.config.models, route, name)?;
+            ctx.model = Some(model.name.clone());
+        }
+        None if route.kind.requires_model() => {
+            return Err(Refusal::InvalidRequest("The request body must name a 'model'.".into()));
+        }
+        None if key.models.is_some() && route.kind.may_name_model() => {
+            return Err(Refusal::ModelNotAllowed);
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+fn log_refusal(refusal: &Refusal, ctx: &RequestCtx) {
+    let id = ctx.id.to_str().unwrap_or("");
+    match refusal {
+        Refusal::UpstreamAuth => tracing::error!(
+            target: "keygate::upstream",
+            request_id = id,
+            "the upstream REJECTED keygate's upstream API key (401/403): check upstream.api_key_env"
+        ),
+        Refusal::UpstreamKeyMissing => tracing::error!(
+            target: "keygate::upstream",
+            request_id = id,
+            "no upstream API key: the variable named by upstream.api_key_env is unset or empty"
+        ),
+        _ => {}
+    }
+}

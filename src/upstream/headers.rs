@@ -1,0 +1,121 @@
+//! Header hygiene in both directions. Toward the upstream: the client's credentials, the
+//! hop-by-hop headers and every header the client named in `Connection` are removed before
+//! keygate sets its own `Authorization`, `X-Forwarded-For` and `X-Request-Id`, so nothing a
+//! client sends can remove or replace them. Toward the client: hop-by-hop headers are removed.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Never crosses the gateway in either direction.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Request headers keygate replaces or that must not reach the upstream.
+static CLIENT_ONLY: [HeaderName; 13] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    header::UPGRADE,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::COOKIE,
+    header::ACCEPT_ENCODING,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-real-ip"),
+    header::FORWARDED,
+    HeaderName::from_static("x-request-id"),
+];
+
+/// Removes every header named in `Connection` (a client can mark any header hop-by-hop).
+fn remove_connection_listed(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a client's request headers, in place, into what the upstream receives.
+pub fn to_upstream(
+    headers: &mut HeaderMap,
+    upstream_auth: &HeaderValue,
+    client_ip: IpAddr,
+    request_id: &HeaderValue,
+) {
+    if headers.contains_key(header::CONNECTION) {
+        remove_connection_listed(headers);
+    }
+    for name in HOP_BY_HOP.iter().chain(&CLIENT_ONLY) {
+        headers.remove(name);
+    }
+    headers.remove(&X_FORWARDED_FOR);
+    headers.insert(header::AUTHORIZATION, upstream_auth.clone());
+    // Usage must be readable from the answer, so ask for it uncompressed.
+    headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    if let Ok(ip) = HeaderValue::try_from(client_ip.to_string()) {
+        headers.insert(&X_FORWARDED_FOR, ip);
+    }
+    headers.insert(&X_REQUEST_ID, request_id.clone());
+}
+
+/// Rewrites the upstream's response headers, in place, into what the client receives.
+pub fn to_client(headers: &mut HeaderMap, request_id: &HeaderValue) {
+    if headers.contains_key(header::CONNECTION) {
+        remove_connection_listed(headers);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+    headers.insert(&X_REQUEST_ID, request_id.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_credentials_and_connection_tricks_never_reach_upstream() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer sk-kg-client".parse().unwrap());
+        h.insert("x-api-key", "client".parse().unwrap());
+        h.insert("api-key", "client".parse().unwrap());
+        h.insert("proxy-authorization", "Basic x".parse().unwrap());
+        h.insert("connection", "authorization, x-custom, x-forwarded-for".parse().unwrap());
+        h.insert("x-custom", "1".parse().unwrap());
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("x-request-id", "spoofed".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        let auth = HeaderValue::from_static("Bearer upstream");
+        let rid = HeaderValue::from_static("req_1");
+        to_upstream(&mut h, &auth, "192.0.2.1".parse().unwrap(), &rid);
+        assert_eq!(h["authorization"], "Bearer upstream");
+        assert_eq!(h.get_all("authorization").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-request-id"], "req_1");
+        assert_eq!(h["content-type"], "application/json");
+        for gone in ["x-api-key", "api-key", "proxy-authorization", "connection", "x-custom", "upgrade"] {
+            assert!(!h.contains_key(gone), "{gone} must be removed");
+        }
+    }
+}

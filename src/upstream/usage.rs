@@ -1,0 +1,221 @@
+//! Token usage read from upstream answers as they pass through, without holding them whole.
+//!
+//! Server-sent events are scanned line by line: only a `data:` line that mentions `"usage"` is
+//! parsed, and only the unfinished last line of a chunk is copied. JSON answers keep a bounded
+//! tail (usage comes last in OpenAI and DeepSeek answers); a body that fits in the window is
+//! kept whole, so usage is found wherever it stands.
+
+use memchr::memmem;
+use serde::Deserialize;
+
+/// Tokens of one request, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    /// The part of `prompt_tokens` served from the upstream's prompt cache.
+    pub cached_prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct RawUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    /// DeepSeek's name for cached prompt tokens.
+    prompt_cache_hit_tokens: Option<u64>,
+    /// OpenAI's.
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<u64>,
+}
+
+impl From<RawUsage> for Usage {
+    fn from(raw: RawUsage) -> Self {
+        let cached = raw
+            .prompt_cache_hit_tokens
+            .or(raw.prompt_tokens_details.and_then(|d| d.cached_tokens))
+            .unwrap_or(0);
+        Usage {
+            prompt_tokens: raw.prompt_tokens,
+            cached_prompt_tokens: cached.min(raw.prompt_tokens),
+            completion_tokens: raw.completion_tokens,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    usage: Option<RawUsage>,
+}
+
+const USAGE_KEY: &[u8] = b"\"usage\"";
+/// Longest SSE line kept across chunk boundaries; longer lines are skipped, not buffered.
+const MAX_LINE: usize = 1 << 20;
+/// Half of the JSON tail window.
+const JSON_HALF_WINDOW: usize = 128 * 1024;
+
+/// Follows one response body and reports the usage it carried.
+pub enum UsageScanner {
+    Sse { partial: Vec<u8>, overflow: bool, usage: Option<Usage> },
+    Json { prev: Vec<u8>, cur: Vec<u8> },
+    None,
+}
+
+impl UsageScanner {
+    /// Picks the scanner from the response's `Content-Type`.
+    pub fn for_content_type(content_type: Option<&[u8]>) -> Self {
+        let Some(ct) = content_type else { return UsageScanner::None };
+        let starts = |p: &[u8]| ct.len() >= p.len() && ct[..p.len()].eq_ignore_ascii_case(p);
+        if starts(b"text/event-stream") {
+            UsageScanner::Sse { partial: Vec::new(), overflow: false, usage: None }
+        } else if starts(b"application/json") {
+            UsageScanner::Json { prev: Vec::new(), cur: Vec::new() }
+        } else {
+            UsageScanner::None
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match self {
+            UsageScanner::Sse { partial, overflow, usage } => feed_sse(partial, overflow, usage, chunk),
+            UsageScanner::Json { prev, cur } => {
+                if cur.len() + chunk.len() > JSON_HALF_WINDOW && !cur.is_empty() {
+                    std::mem::swap(prev, cur);
+                    cur.clear();
+                }
+                let start = chunk.len().saturating_sub(2 * JSON_HALF_WINDOW);
+                cur.extend_from_slice(&chunk[start..]);
+            }
+            UsageScanner::None => {}
+        }
+    }
+
+    /// The usage seen, once the body has ended.
+    pub fn finish(&mut self) -> Option<Usage> {
+        match self {
+            UsageScanner::Sse { partial, overflow, usage } => {
+                if !partial.is_empty() && !*overflow {
+                    let line = std::mem::take(partial);
+                    sse_line(&line, usage);
+                }
+                *usage
+            }
+            UsageScanner::Json { prev, cur } => {
+                let mut all = std::mem::take(prev);
+                all.extend_from_slice(cur);
+                json_usage(&all)
+            }
+            UsageScanner::None => None,
+        }
+    }
+}
+
+fn feed_sse(partial: &mut Vec<u8>, overflow: &mut bool, usage: &mut Option<Usage>, chunk: &[u8]) {
+    let mut rest = chunk;
+    while let Some(nl) = memchr::memchr(b'\n', rest) {
+        let (line, after) = rest.split_at(nl);
+        rest = &after[1..];
+        if partial.is_empty() && !*overflow {
+            sse_line(line, usage);
+        } else {
+            if !*overflow {
+                partial.extend_from_slice(line);
+                let whole = std::mem::take(partial);
+                sse_line(&whole, usage);
+            }
+            partial.clear();
+            *overflow = false;
+        }
+    }
+    if !rest.is_empty() && !*overflow {
+        if partial.len() + rest.len() > MAX_LINE {
+            partial.clear();
+            *overflow = true;
+        } else {
+            partial.extend_from_slice(rest);
+        }
+    }
+}
+
+fn sse_line(line: &[u8], usage: &mut Option<Usage>) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(data) = line.strip_prefix(b"data:") else { return };
+    if memmem::find(data, USAGE_KEY).is_none() {
+        return;
+    }
+    if let Ok(Chunk { usage: Some(raw) }) = serde_json::from_slice::<Chunk>(data) {
+        *usage = Some(raw.into());
+    }
+}
+
+/// Finds the last `"usage": {...}` in a JSON body (or its tail). Inside JSON strings a quote is
+/// escaped, so the unescaped `"usage"` followed by `:` can only be an object key.
+fn json_usage(body: &[u8]) -> Option<Usage> {
+    let mut end = body.len();
+    while let Some(at) = memmem::rfind(&body[..end], USAGE_KEY) {
+        end = at;
+        let after = &body[at + USAGE_KEY.len()..];
+        let after = after.trim_ascii_start();
+        let Some(value) = after.strip_prefix(b":") else { continue };
+        let mut stream = serde_json::Deserializer::from_slice(value).into_iter::<RawUsage>();
+        if let Some(Ok(raw)) = stream.next() {
+            return Some(raw.into());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sse() -> UsageScanner {
+        UsageScanner::for_content_type(Some(b"text/event-stream; charset=utf-8"))
+    }
+
+    #[test]
+    fn sse_usage_is_found_across_any_chunking() {
+        let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi \\\"usage\\\"\"}}],\"usage\":null}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":7,\"total_tokens\":18,\"prompt_cache_hit_tokens\":3}}\r\n\r\n\
+data: [DONE]\n\n";
+        for size in [1, 2, 3, 7, 64, stream.len()] {
+            let mut s = sse();
+            stream.chunks(size).for_each(|c| s.feed(c));
+            assert_eq!(
+                s.finish(),
+                Some(Usage { prompt_tokens: 11, cached_prompt_tokens: 3, completion_tokens: 7 }),
+                "chunk size {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn sse_without_usage_reports_none() {
+        let mut s = sse();
+        s.feed(b"data: {\"choices\":[],\"usage\":null}\n\ndata: [DONE]\n\n");
+        assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn json_usage_at_the_end_of_a_large_body() {
+        let mut body = b"{\"data\":[".to_vec();
+        body.extend(std::iter::repeat_n(b"0.125,".as_slice(), 200_000).flatten());
+        body.extend_from_slice(b"1],\"usage\": {\"prompt_tokens\":5,\"total_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":2}}}");
+        let mut s = UsageScanner::for_content_type(Some(b"application/json"));
+        body.chunks(8192).for_each(|c| s.feed(c));
+        assert_eq!(s.finish(), Some(Usage { prompt_tokens: 5, cached_prompt_tokens: 2, completion_tokens: 0 }));
+    }
+
+    #[test]
+    fn json_usage_in_a_small_body_anywhere_and_strings_are_not_keys() {
+        let body = br#"{"usage":{"prompt_tokens":4,"completion_tokens":2},"choices":[{"message":{"content":"\"usage\": {\"prompt_tokens\": 999}"}}]}"#;
+        let mut s = UsageScanner::for_content_type(Some(b"application/json"));
+        s.feed(body);
+        assert_eq!(s.finish(), Some(Usage { prompt_tokens: 4, cached_prompt_tokens: 0, completion_tokens: 2 }));
+    }
+}
