@@ -23,10 +23,16 @@ pub struct Runtime {
 impl Runtime {
     /// Builds a snapshot, reading the upstream key from `upstream.api_key_env`.
     pub fn new(config: Config) -> Self {
-        let upstream_auth = std::env::var(&config.upstream.api_key_env)
-            .ok()
-            .filter(|k| !k.trim().is_empty())
-            .and_then(|k| HeaderValue::try_from(format!("Bearer {}", k.trim())).ok())
+        let key = std::env::var(&config.upstream.api_key_env).ok();
+        Self::with_upstream_key(config, key.as_deref())
+    }
+
+    /// Builds a snapshot with an explicit upstream key (`None` or blank: not configured).
+    pub fn with_upstream_key(config: Config, upstream_key: Option<&str>) -> Self {
+        let upstream_auth = upstream_key
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .and_then(|k| HeaderValue::try_from(format!("Bearer {k}")).ok())
             .map(|mut v| {
                 v.set_sensitive(true);
                 v

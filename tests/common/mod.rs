@@ -1,0 +1,232 @@
+//! Test harness: a mock upstream and a keygate gateway on 127.0.0.1 port 0, real HTTP clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use keygate::auth::ApiKey;
+use keygate::state::{Gateway, Runtime};
+pub use mock_upstream::{MockUpstream, UPSTREAM_SECRET_TEXT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+pub const UPSTREAM_KEY: &str = "sk-upstream-REAL-secret-0123456789";
+
+/// `[[models]]` shared by the tests.
+pub const MODELS: &str = r#"
+[[models]]
+name = "deepseek-chat"
+scope = "chat"
+input_per_million = 0.27
+cached_input_per_million = 0.07
+output_per_million = 1.10
+
+[[models]]
+name = "deepseek-coder"
+scope = "code"
+input_per_million = 0.27
+output_per_million = 1.10
+
+[[models]]
+name = "deepseek-reasoner"
+scope = "chat"
+input_per_million = 0.55
+output_per_million = 2.19
+
+[[models]]
+name = "mock-embedding"
+scope = "embeddings"
+input_per_million = 0.02
+output_per_million = 0
+"#;
+
+/// A key: its id and the secret a client sends.
+pub struct TestKey {
+    pub id: String,
+    pub secret: String,
+}
+
+impl TestKey {
+    pub fn new(id: &str) -> (Self, String) {
+        let key = ApiKey::generate();
+        let hash = key.digest().to_string();
+        (Self { id: id.to_owned(), secret: key.expose().to_owned() }, hash)
+    }
+
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.secret)
+    }
+}
+
+/// Renders one `[[keys]]` table; `extra` is more TOML lines for it.
+pub fn key_toml(id: &str, hash: &str, extra: &str) -> String {
+    format!(
+        "\n[[keys]]\nid = \"{id}\"\nname = \"{id}\"\nenvironment = \"production\"\nhash = \"{hash}\"\ncreated = 2026-01-01T00:00:00Z\n{extra}\n"
+    )
+}
+
+/// A standard config: the mock as upstream and `extra` appended (keys, server settings...).
+pub fn config_text(upstream: &str, server_extra: &str, rest: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n\n[upstream]\nurl = \"{upstream}\"\napi_key_env = \"KEYGATE_TEST_UNUSED\"\nconnect_timeout = \"1s\"\nfirst_byte_timeout = \"3s\"\nidle_timeout = \"3s\"\n{MODELS}\n{rest}"
+    )
+}
+
+pub struct Gw {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gw {
+    /// Starts a gateway in this process from config text.
+    pub async fn start(config: &str) -> Self {
+        Self::start_with_key(config, Some(UPSTREAM_KEY)).await
+    }
+
+    pub async fn start_with_key(config: &str, upstream_key: Option<&str>) -> Self {
+        let config = keygate::config::from_str(config, std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let gateway = Arc::new(Gateway::new(Runtime::with_upstream_key(config, upstream_key)).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(keygate::server::run(listener, gateway.clone(), None, async {
+            let _ = stopped.await;
+        }));
+        Self { addr, gateway, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops accepting and waits for the drain to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A mock upstream plus a gateway in front of it, with one key per `(id, extra TOML)`.
+pub struct Setup {
+    pub mock: MockUpstream,
+    pub gw: Gw,
+    pub keys: Vec<TestKey>,
+}
+
+impl Setup {
+    pub async fn new(keys: &[(&str, &str)]) -> Self {
+        Self::with_server(keys, "").await
+    }
+
+    pub async fn with_server(keys: &[(&str, &str)], server_extra: &str) -> Self {
+        let mock = MockUpstream::start().await.unwrap();
+        let mut rest = String::new();
+        let mut made = Vec::new();
+        for (id, extra) in keys {
+            let (key, hash) = TestKey::new(id);
+            rest.push_str(&key_toml(id, &hash, extra));
+            made.push(key);
+        }
+        let gw = Gw::start(&config_text(&mock.url(), server_extra, &rest)).await;
+        Self { mock, gw, keys: made }
+    }
+
+    pub fn key(&self, id: &str) -> &TestKey {
+        self.keys.iter().find(|k| k.id == id).unwrap()
+    }
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// `error.code` of an OpenAI-shaped error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request with a real HTTP client and reads the whole answer.
+pub async fn send(req: Request<Full<Bytes>>) -> Answer {
+    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body failed").to_bytes();
+    Answer { status: parts.status, headers: parts.headers, body }
+}
+
+/// POSTs JSON with the given key (or none).
+pub async fn post_json(url: &str, key: Option<&TestKey>, body: serde_json::Value) -> Answer {
+    let mut b = Request::post(url).header("content-type", "application/json");
+    if let Some(k) = key {
+        b = b.header("authorization", k.bearer());
+    }
+    send(b.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
+}
+
+pub async fn get(url: &str, key: Option<&TestKey>) -> Answer {
+    let mut b = Request::get(url);
+    if let Some(k) = key {
+        b = b.header("authorization", k.bearer());
+    }
+    send(b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub fn chat(model: &str) -> serde_json::Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Say hello"}]})
+}
+
+/// Writes raw bytes on a fresh connection and reads until the server closes or `wait` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Status code of the first response in a raw HTTP answer (0 if none).
+pub fn raw_status(answer: &str) -> u16 {
+    answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
