@@ -14,7 +14,7 @@ use crate::pipeline::body::ResponseBody;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
     Auth(AuthError),
-    /// More than one `Authorization` header, or a scheme other than Bearer.
+    /// More than one `Authorization` header.
     AmbiguousCredentials,
     IpNotAllowed,
     ReferrerNotAllowed,

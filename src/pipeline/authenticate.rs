@@ -24,9 +24,13 @@ pub fn authenticate<'a>(
     }
     let bytes = value.as_bytes();
     let token = match bytes.get(..7) {
-        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => &bytes[7..],
-        _ => return Err(Refusal::AmbiguousCredentials),
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => bytes[7..].trim_ascii(),
+        // Another scheme (Basic, a bare key) carries no keygate key.
+        _ => return Err(Refusal::Auth(AuthError::Missing)),
     };
-    let token = std::str::from_utf8(token.trim_ascii()).map_err(|_| Refusal::Auth(AuthError::Unknown))?;
+    if token.is_empty() {
+        return Err(Refusal::Auth(AuthError::Missing));
+    }
+    let token = std::str::from_utf8(token).map_err(|_| Refusal::Auth(AuthError::Unknown))?;
     keys.authenticate(token, now).map_err(Refusal::Auth)
 }

@@ -112,6 +112,9 @@ pub fn check_canonical(path: &str) -> Result<(), RouteError> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err(RouteError::NotCanonical);
     };
+    if rest.is_empty() {
+        return Ok(());
+    }
     for segment in rest.split('/') {
         let ok = !segment.is_empty()
             && segment != "."
@@ -149,7 +152,7 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, RouteErr
 
 /// `Some(param)` when `path` fits the pattern; the inner option is the `{id}` segment.
 fn match_segments<'a>(pattern: &[Seg], path: &'a str) -> Option<Option<&'a str>> {
-    let mut parts = path[1..].split('/');
+    let mut parts = path.get(1..).unwrap_or("").split('/');
     let mut param = None;
     for seg in pattern {
         let part = parts.next()?;
