@@ -1,13 +1,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use keygate::cli::{self, Cli, Command};
+use keygate::cli::{self, Cli, Command, KeysCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(cli.log_format);
     match cli.command {
         Command::Check { config } => cli::check::run(&config),
+        Command::Keys(KeysCommand::Generate { json }) => cli::keys::generate(json),
         Command::Serve { config } => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(rt) => rt.block_on(cli::serve::run(&config)),
             Err(e) => {

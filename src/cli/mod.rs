@@ -1,6 +1,7 @@
 //! The `keygate` command line: one file per subcommand family.
 
 pub mod check;
+pub mod keys;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -35,13 +36,30 @@ pub enum Command {
         #[arg(long, default_value = "config/keygate.toml")]
         config: PathBuf,
     },
+    /// Manage keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new key (shown this once) and the `hash = ...` line to put in its [[keys]] table.
+    Generate {
+        /// Print a JSON object instead, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Sets up logging: `RUST_LOG` filters (default `info`), `--log-format` picks text or JSON.
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -38,6 +38,13 @@ pub async fn run(path: &Path) -> ExitCode {
         );
     }
     let keys = runtime.config.keys.len();
+    let limited = runtime.config.keys.iter().filter(|k| k.limits != Default::default()).count();
+    if limited > 0 {
+        tracing::warn!(
+            keys = limited,
+            "per-key limits are validated but NOT enforced by this version of keygate"
+        );
+    }
     let gw = match Gateway::new(runtime) {
         Ok(gw) => Arc::new(gw),
         Err(e) => {
