@@ -40,9 +40,9 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::Auth(_) => StatusCode::UNAUTHORIZED,
-            Refusal::AmbiguousCredentials
-            | Refusal::NotCanonical
-            | Refusal::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::AmbiguousCredentials | Refusal::NotCanonical | Refusal::InvalidRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Refusal::IpNotAllowed
             | Refusal::ReferrerNotAllowed
             | Refusal::ScopeNotAllowed(_)
@@ -62,7 +62,9 @@ impl Refusal {
     /// The OpenAI `error.code`; see PRODUCT.md's table.
     pub fn code(&self) -> &'static str {
         match self {
-            Refusal::Auth(AuthError::Missing | AuthError::Malformed(_) | AuthError::Unknown) => "invalid_api_key",
+            Refusal::Auth(AuthError::Missing | AuthError::Malformed(_) | AuthError::Unknown) => {
+                "invalid_api_key"
+            }
             Refusal::Auth(AuthError::Expired) => "expired_api_key",
             Refusal::Auth(AuthError::Inactive) => "inactive_api_key",
             Refusal::IpNotAllowed => "ip_not_allowed",
@@ -152,7 +154,9 @@ impl Refusal {
                 Scope::FineTuning => "This API key does not have the 'fine_tuning' scope.",
             },
             Refusal::ModelNotAllowed => "This API key may not use this model.",
-            Refusal::ModelNotFound => "The model does not exist or is not available through this gateway.",
+            Refusal::ModelNotFound => {
+                "The model does not exist or is not available through this gateway."
+            }
             Refusal::UnknownRoute => "Unknown API route.",
             Refusal::MethodNotAllowed => "This API route does not accept this HTTP method.",
             Refusal::NotCanonical => {
@@ -183,7 +187,10 @@ impl Refusal {
         let mut response = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert("x-request-id", request_id.clone());
         if matches!(self, Refusal::Auth(_)) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

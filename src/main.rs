@@ -9,7 +9,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => cli::check::run(&config),
         Command::Keys(KeysCommand::Generate { json }) => cli::keys::generate(json),
-        Command::Serve { config } => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Command::Serve { config } => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt.block_on(cli::serve::run(&config)),
             Err(e) => {
                 eprintln!("cannot start the async runtime: {e}");

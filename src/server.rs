@@ -68,17 +68,27 @@ pub async fn run(
         let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            let result = match tls {
-                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
-                Some(acceptor) => {
-                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return log_conn_error(peer, &e),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                    };
-                    watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
-                }
-            };
+            let result =
+                match tls {
+                    None => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), service))
+                            .await
+                    }
+                    Some(acceptor) => {
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => return log_conn_error(peer, &e),
+                                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                            };
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), service))
+                            .await
+                    }
+                };
             if let Err(e) = result {
                 log_conn_error(peer, &e);
             }
@@ -114,7 +124,9 @@ fn http1_builder(limits: &ServerLimits) -> http1::Builder {
 fn is_per_connection(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
     )
 }
 
@@ -129,11 +141,14 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<Tls
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read private key from {}: {e}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|e| format!("invalid TLS certificate or key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read private key from {}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+    .map_err(|e| format!("invalid TLS certificate or key: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -38,7 +38,11 @@ impl Runtime {
                 v
             });
         let keys = KeyStore::new(&config.keys);
-        Self { config, keys, upstream_auth }
+        Self {
+            config,
+            keys,
+            upstream_auth,
+        }
     }
 }
 
@@ -51,7 +55,10 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(runtime: Runtime) -> Result<Self, rustls::Error> {
         let client = client::build(runtime.config.upstream.connect_timeout)?;
-        Ok(Self { runtime: ArcSwap::from_pointee(runtime), client })
+        Ok(Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            client,
+        })
     }
 
     /// The current snapshot; hold it for the whole request.

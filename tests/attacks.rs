@@ -1,6 +1,8 @@
 //! Attacks a gateway in front of a paid API must shrug off: spoofed client addresses, path
 //! tricks, header smuggling, ambiguous framing, oversized and slow requests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly by design
+
 mod common;
 
 use std::time::Duration;
@@ -17,7 +19,8 @@ fn chat_req(s: &Setup, key: &str, headers: &[(&str, &str)]) -> Request<Full<Byte
     for (n, v) in headers {
         b = b.header(*n, *v);
     }
-    b.body(Full::new(Bytes::from(chat("deepseek-chat").to_string()))).unwrap()
+    b.body(Full::new(Bytes::from(chat("deepseek-chat").to_string())))
+        .unwrap()
 }
 
 const NET_KEY: &str = "scopes = [\"chat\"]\nallowed_ips = [\"203.0.113.0/24\"]";
@@ -25,22 +28,47 @@ const NET_KEY: &str = "scopes = [\"chat\"]\nallowed_ips = [\"203.0.113.0/24\"]";
 #[tokio::test]
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let s = Setup::new(&[("net", NET_KEY)]).await;
-    for spoof in [("x-forwarded-for", "203.0.113.5"), ("x-real-ip", "203.0.113.5"), ("forwarded", "for=203.0.113.5")] {
+    for spoof in [
+        ("x-forwarded-for", "203.0.113.5"),
+        ("x-real-ip", "203.0.113.5"),
+        ("forwarded", "for=203.0.113.5"),
+    ] {
         let a = send(chat_req(&s, "net", &[spoof])).await;
-        assert_eq!((a.status.as_u16(), a.code()), (403, "ip_not_allowed".into()), "{spoof:?}");
+        assert_eq!(
+            (a.status.as_u16(), a.code()),
+            (403, "ip_not_allowed".into()),
+            "{spoof:?}"
+        );
     }
     assert!(s.mock.requests().is_empty());
 }
 
 #[tokio::test]
 async fn forwarded_for_from_a_trusted_proxy_is_walked_from_the_right() {
-    let s = Setup::with_server(&[("net", NET_KEY)], "trusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]").await;
-    let ok = send(chat_req(&s, "net", &[("x-forwarded-for", "6.6.6.6, 203.0.113.5, 10.1.2.3")])).await;
+    let s = Setup::with_server(
+        &[("net", NET_KEY)],
+        "trusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]",
+    )
+    .await;
+    let ok = send(chat_req(
+        &s,
+        "net",
+        &[("x-forwarded-for", "6.6.6.6, 203.0.113.5, 10.1.2.3")],
+    ))
+    .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     // Only the resolved client address goes upstream, not the client-supplied chain.
-    assert_eq!(s.mock.requests()[0].headers["x-forwarded-for"], "203.0.113.5");
+    assert_eq!(
+        s.mock.requests()[0].headers["x-forwarded-for"],
+        "203.0.113.5"
+    );
     // The client prepended an allowed address; the hop the proxy saw is 6.6.6.6.
-    let spoof = send(chat_req(&s, "net", &[("x-forwarded-for", "203.0.113.5, 6.6.6.6")])).await;
+    let spoof = send(chat_req(
+        &s,
+        "net",
+        &[("x-forwarded-for", "203.0.113.5, 6.6.6.6")],
+    ))
+    .await;
     assert_eq!(spoof.status, 403);
 }
 
@@ -74,20 +102,43 @@ async fn path_tricks_are_refused_before_anything_is_forwarded() {
 #[tokio::test]
 async fn connection_header_cannot_strip_keygates_credentials() {
     let s = Setup::new(&[("app", "scopes = [\"chat\"]")]).await;
-    let a = send(chat_req(&s, "app", &[("connection", "authorization, x-forwarded-for, x-request-id"), ("upgrade", "websocket")])).await;
+    let a = send(chat_req(
+        &s,
+        "app",
+        &[
+            ("connection", "authorization, x-forwarded-for, x-request-id"),
+            ("upgrade", "websocket"),
+        ],
+    ))
+    .await;
     assert_eq!(a.status, 200, "{}", a.text());
     let seen = &s.mock.requests()[0];
-    assert_eq!(seen.headers["authorization"], format!("Bearer {UPSTREAM_KEY}").as_str());
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {UPSTREAM_KEY}").as_str()
+    );
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert!(seen.headers.contains_key("x-request-id"));
     assert!(!seen.headers.contains_key("upgrade"));
-    assert!(!seen.headers.contains_key("connection") || seen.headers["connection"] != "authorization");
+    assert!(
+        !seen.headers.contains_key("connection") || seen.headers["connection"] != "authorization"
+    );
 }
 
 #[tokio::test]
 async fn other_credential_headers_never_reach_the_upstream() {
     let s = Setup::new(&[("app", "scopes = [\"chat\"]")]).await;
-    let a = send(chat_req(&s, "app", &[("x-api-key", "sk-kg-leak"), ("api-key", "sk-kg-leak"), ("proxy-authorization", "Basic bGVhaw=="), ("cookie", "session=leak")])).await;
+    let a = send(chat_req(
+        &s,
+        "app",
+        &[
+            ("x-api-key", "sk-kg-leak"),
+            ("api-key", "sk-kg-leak"),
+            ("proxy-authorization", "Basic bGVhaw=="),
+            ("cookie", "session=leak"),
+        ],
+    ))
+    .await;
     assert_eq!(a.status, 200);
     let seen = &s.mock.requests()[0];
     for h in ["x-api-key", "api-key", "proxy-authorization", "cookie"] {
@@ -116,7 +167,10 @@ async fn ambiguous_framing_is_refused() {
     let key = s.key("app").bearer();
     let body = chat("deepseek-chat").to_string();
     let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
-    for framing in ["Transfer-Encoding: gzip, chunked\r\n", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"] {
+    for framing in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    ] {
         let req = format!(
             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\nContent-Type: application/json\r\n{framing}Connection: close\r\n\r\n{chunked}"
         );
@@ -128,10 +182,16 @@ async fn ambiguous_framing_is_refused() {
     let req = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunked}"
     );
-    assert_eq!(raw_status(&raw(s.gw.addr, req.as_bytes(), Duration::from_secs(5)).await), 200);
+    assert_eq!(
+        raw_status(&raw(s.gw.addr, req.as_bytes(), Duration::from_secs(5)).await),
+        200
+    );
     let seen = &s.mock.requests()[0];
     assert_eq!(seen.body, body.as_bytes());
-    assert_eq!(seen.headers["content-length"], body.len().to_string().as_str());
+    assert_eq!(
+        seen.headers["content-length"],
+        body.len().to_string().as_str()
+    );
     assert!(!seen.headers.contains_key("transfer-encoding"));
 }
 
@@ -147,8 +207,14 @@ async fn transfer_encoding_with_content_length_cannot_smuggle_a_request() {
     let smuggled = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\n\r\n");
     let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
     for order in [
-        format!("Content-Length: {}\r\nTransfer-Encoding: chunked\r\n", chunked.len() + smuggled.len()),
-        format!("Transfer-Encoding: chunked\r\nContent-Length: {}\r\n", chunked.len() + smuggled.len()),
+        format!(
+            "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n",
+            chunked.len() + smuggled.len()
+        ),
+        format!(
+            "Transfer-Encoding: chunked\r\nContent-Length: {}\r\n",
+            chunked.len() + smuggled.len()
+        ),
     ] {
         let req = format!(
             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\nContent-Type: application/json\r\n{order}\r\n{chunked}{smuggled}"
@@ -157,7 +223,10 @@ async fn transfer_encoding_with_content_length_cannot_smuggle_a_request() {
         assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     }
     let seen = s.mock.requests();
-    assert!(seen.iter().all(|r| r.path_and_query == "/chat/completions" && r.body == body.as_bytes()));
+    assert!(
+        seen.iter()
+            .all(|r| r.path_and_query == "/chat/completions" && r.body == body.as_bytes())
+    );
 }
 
 #[tokio::test]
@@ -165,21 +234,35 @@ async fn oversized_headers_uris_and_chunked_bodies_are_refused() {
     let s = Setup::with_server(&[("app", "scopes = [\"chat\"]")], "max_body_bytes = 4096").await;
     let key = s.key("app").bearer();
     let huge = "a".repeat(40 * 1024);
-    let req = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\nX-Big: {huge}\r\nConnection: close\r\n\r\n");
-    assert_eq!(raw_status(&raw(s.gw.addr, req.as_bytes(), Duration::from_secs(5)).await), 431);
+    let req = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\nX-Big: {huge}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(
+        raw_status(&raw(s.gw.addr, req.as_bytes(), Duration::from_secs(5)).await),
+        431
+    );
 
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let req = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\n{many}Connection: close\r\n\r\n");
-    assert_eq!(raw_status(&raw(s.gw.addr, req.as_bytes(), Duration::from_secs(5)).await), 431);
+    let req = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\n{many}Connection: close\r\n\r\n"
+    );
+    assert_eq!(
+        raw_status(&raw(s.gw.addr, req.as_bytes(), Duration::from_secs(5)).await),
+        431
+    );
 
     let long = format!("/v1/models?{}", "q".repeat(9000));
-    let req = format!("GET {long} HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET {long} HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\nConnection: close\r\n\r\n"
+    );
     let status = raw_status(&raw(s.gw.addr, req.as_bytes(), Duration::from_secs(5)).await);
     assert!(status == 414 || status == 431, "{status}");
 
     // A chunked body passing the limit is refused while it streams in; no Content-Length.
     let chunk = "x".repeat(1000);
-    let mut req = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    let mut req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
     for _ in 0..6 {
         req.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
     }
@@ -192,11 +275,23 @@ async fn oversized_headers_uris_and_chunked_bodies_are_refused() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
-    let s = Setup::with_server(&[("app", "scopes = [\"chat\"]")], "header_read_timeout = \"300ms\"").await;
+    let s = Setup::with_server(
+        &[("app", "scopes = [\"chat\"]")],
+        "header_read_timeout = \"300ms\"",
+    )
+    .await;
     let started = std::time::Instant::now();
     // Read with a 10 s bound: the gateway must close the connection well before that.
-    let answer = raw(s.gw.addr, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ", Duration::from_secs(10)).await;
-    assert!(started.elapsed() < Duration::from_secs(10), "connection was not closed");
+    let answer = raw(
+        s.gw.addr,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "connection was not closed"
+    );
     let status = raw_status(&answer);
     assert!(status == 0 || status == 408, "{answer}");
     // The gateway still serves others.

@@ -1,6 +1,8 @@
 //! The real `keygate` binary: `check` on good and bad files, `keys generate`, and `serve`
 //! with a graceful SIGTERM drain.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly by design
+
 mod common;
 
 use std::process::Stdio;
@@ -18,8 +20,15 @@ fn check(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keygate.toml");
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn valid_with(keys: &str) -> String {
@@ -29,10 +38,18 @@ fn valid_with(keys: &str) -> String {
 #[test]
 fn the_shipped_example_config_is_valid() {
     let out = std::process::Command::new(BIN)
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/keygate.toml")])
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/keygate.toml"),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
 
@@ -41,23 +58,108 @@ fn check_names_the_toml_path_of_every_problem() {
     let (_, hash) = TestKey::new("a");
     let (_, hash2) = TestKey::new("b");
     let cases: Vec<(String, &[&str])> = vec![
-        (valid_with(&key_toml("a", &hash, "scopes = [\"chat\"]\nallowed_ips = [\"10.0.0.300/8\"]")), &["keys[0].allowed_ips[0]", "10.0.0.300/8"]),
-        (valid_with(&key_toml("a", &hash, "scopes = [\"chat\", \"admin\"]")), &["keys[0].scopes[1]", "unknown scope"]),
-        (valid_with(&key_toml("a", &hash, "scopes = [\"chat\"]\ncolour = \"blue\"")), &["keys[0]", "unknown field", "colour"]),
-        (valid_with(&format!("{}{}", key_toml("a", &hash, "scopes = [\"chat\"]"), key_toml("a", &hash2, "scopes = [\"chat\"]"))), &["keys[1].id", "duplicate key id"]),
-        (valid_with(&format!("{}{}", key_toml("a", &hash, "scopes = [\"chat\"]"), key_toml("b", &hash, "scopes = [\"chat\"]"))), &["keys[1].hash", "already used by key \"a\""]),
-        (valid_with(&key_toml("a", &hash, "scopes = [\"chat\"]").replace("production", "restricted")), &["keys[0].models", "restricted"]),
-        (valid_with(&key_toml("a", "sha256:1234", "scopes = [\"chat\"]")), &["keys[0].hash", "64 hex digits"]),
-        (valid_with(&key_toml("a", &hash, "scopes = [\"chat\"]\nmodels = [\"gpt-9\"]")), &["keys[0].models[0]", "gpt-9"]),
-        (valid_with(&key_toml("a", &hash, "scopes = [\"chat\"]\nallowed_referrers = [\"allowed.example\"]")), &["keys[0].allowed_referrers[0]"]),
-        (valid_with(&key_toml("a", &hash, "scopes = [\"chat\"]\nexpires = 2026-04-15")), &["keys[0].expires", "UTC"]),
-        (valid_with(&key_toml("a", &hash, "scopes = []")), &["keys[0].scopes", "at least one scope"]),
-        (valid_with(&key_toml("a", &hash, "scopes = [\"chat\"]\nlimits = { monthly_spend_usd = -5 }")), &["keys[0].limits.monthly_spend_usd"]),
-        (valid_with("").replace("connect_timeout = \"1s\"", "connect_timeout = \"soon\""), &["upstream.connect_timeout"]),
-        (valid_with("").replace("listen = \"127.0.0.1:0\"", "listen = \"localhost\""), &["server.listen"]),
-        (valid_with("").replace("url = \"https://api.deepseek.com\"", "url = \"ftp://x\""), &["upstream.url"]),
-        (valid_with("").replace("scope = \"code\"", "scope = \"coding\""), &["models[1].scope"]),
-        (valid_with("") + "\n[environments.staging]\nscopes = [\"chat\"]\n", &["environments.staging"]),
+        (
+            valid_with(&key_toml(
+                "a",
+                &hash,
+                "scopes = [\"chat\"]\nallowed_ips = [\"10.0.0.300/8\"]",
+            )),
+            &["keys[0].allowed_ips[0]", "10.0.0.300/8"],
+        ),
+        (
+            valid_with(&key_toml("a", &hash, "scopes = [\"chat\", \"admin\"]")),
+            &["keys[0].scopes[1]", "unknown scope"],
+        ),
+        (
+            valid_with(&key_toml(
+                "a",
+                &hash,
+                "scopes = [\"chat\"]\ncolour = \"blue\"",
+            )),
+            &["keys[0]", "unknown field", "colour"],
+        ),
+        (
+            valid_with(&format!(
+                "{}{}",
+                key_toml("a", &hash, "scopes = [\"chat\"]"),
+                key_toml("a", &hash2, "scopes = [\"chat\"]")
+            )),
+            &["keys[1].id", "duplicate key id"],
+        ),
+        (
+            valid_with(&format!(
+                "{}{}",
+                key_toml("a", &hash, "scopes = [\"chat\"]"),
+                key_toml("b", &hash, "scopes = [\"chat\"]")
+            )),
+            &["keys[1].hash", "already used by key \"a\""],
+        ),
+        (
+            valid_with(
+                &key_toml("a", &hash, "scopes = [\"chat\"]").replace("production", "restricted"),
+            ),
+            &["keys[0].models", "restricted"],
+        ),
+        (
+            valid_with(&key_toml("a", "sha256:1234", "scopes = [\"chat\"]")),
+            &["keys[0].hash", "64 hex digits"],
+        ),
+        (
+            valid_with(&key_toml(
+                "a",
+                &hash,
+                "scopes = [\"chat\"]\nmodels = [\"gpt-9\"]",
+            )),
+            &["keys[0].models[0]", "gpt-9"],
+        ),
+        (
+            valid_with(&key_toml(
+                "a",
+                &hash,
+                "scopes = [\"chat\"]\nallowed_referrers = [\"allowed.example\"]",
+            )),
+            &["keys[0].allowed_referrers[0]"],
+        ),
+        (
+            valid_with(&key_toml(
+                "a",
+                &hash,
+                "scopes = [\"chat\"]\nexpires = 2026-04-15",
+            )),
+            &["keys[0].expires", "UTC"],
+        ),
+        (
+            valid_with(&key_toml("a", &hash, "scopes = []")),
+            &["keys[0].scopes", "at least one scope"],
+        ),
+        (
+            valid_with(&key_toml(
+                "a",
+                &hash,
+                "scopes = [\"chat\"]\nlimits = { monthly_spend_usd = -5 }",
+            )),
+            &["keys[0].limits.monthly_spend_usd"],
+        ),
+        (
+            valid_with("").replace("connect_timeout = \"1s\"", "connect_timeout = \"soon\""),
+            &["upstream.connect_timeout"],
+        ),
+        (
+            valid_with("").replace("listen = \"127.0.0.1:0\"", "listen = \"localhost\""),
+            &["server.listen"],
+        ),
+        (
+            valid_with("").replace("url = \"https://api.deepseek.com\"", "url = \"ftp://x\""),
+            &["upstream.url"],
+        ),
+        (
+            valid_with("").replace("scope = \"code\"", "scope = \"coding\""),
+            &["models[1].scope"],
+        ),
+        (
+            valid_with("") + "\n[environments.staging]\nscopes = [\"chat\"]\n",
+            &["environments.staging"],
+        ),
         ("[server\nlisten = 1".to_owned(), &["line"]),
     ];
     for (text, expected) in cases {
@@ -68,14 +170,24 @@ fn check_names_the_toml_path_of_every_problem() {
         }
     }
     // Several problems are all reported at once.
-    let (_, stderr) = check(&valid_with(&key_toml("a", &hash, "scopes = [\"chat\", \"nope\"]\nallowed_ips = [\"x\"]")));
-    assert!(stderr.contains("keys[0].scopes[1]") && stderr.contains("keys[0].allowed_ips[0]"), "{stderr}");
+    let (_, stderr) = check(&valid_with(&key_toml(
+        "a",
+        &hash,
+        "scopes = [\"chat\", \"nope\"]\nallowed_ips = [\"x\"]",
+    )));
+    assert!(
+        stderr.contains("keys[0].scopes[1]") && stderr.contains("keys[0].allowed_ips[0]"),
+        "{stderr}"
+    );
     assert!(check(&valid_with(&key_toml("a", &hash, "scopes = [\"chat\"]"))).0);
 }
 
 #[test]
 fn keys_generate_prints_a_valid_key_and_its_hash() {
-    let out = std::process::Command::new(BIN).args(["keys", "generate", "--json"]).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["keys", "generate", "--json"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let key = v["key"].as_str().unwrap();
@@ -89,8 +201,12 @@ async fn serve_drains_in_flight_streams_on_sigterm_and_exits_zero() {
     let (key, hash) = TestKey::new("app");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keygate.toml");
-    let text = config_text(&mock.url(), "shutdown_grace = \"20s\"", &key_toml("app", &hash, "scopes = [\"chat\"]"))
-        .replace("KEYGATE_TEST_UNUSED", "KG_TEST_UPSTREAM_KEY");
+    let text = config_text(
+        &mock.url(),
+        "shutdown_grace = \"20s\"",
+        &key_toml("app", &hash, "scopes = [\"chat\"]"),
+    )
+    .replace("KEYGATE_TEST_UNUSED", "KG_TEST_UPSTREAM_KEY");
     std::fs::write(&path, text).unwrap();
     let mut child = tokio::process::Command::new(BIN)
         .args(["serve", "--config"])
@@ -136,18 +252,30 @@ async fn serve_drains_in_flight_streams_on_sigterm_and_exits_zero() {
     assert!(first.is_data());
 
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
 
     // The stream already running finishes completely.
     let mut text = String::new();
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), stream.frame()).await.unwrap() {
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), stream.frame())
+        .await
+        .unwrap()
+    {
         if let Ok(d) = frame.unwrap().into_data() {
             text.push_str(&String::from_utf8_lossy(&d));
         }
     }
     assert!(text.ends_with("data: [DONE]\n\n"), "stream was cut: {text}");
 
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "exit status {status}");
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(&addr).await.is_err());

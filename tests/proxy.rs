@@ -1,6 +1,8 @@
 //! The happy path: requests a key allows reach the upstream with keygate's credentials, and
 //! the upstream's answer reaches the client unchanged, streamed or not.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly by design
+
 mod common;
 
 use bytes::Bytes;
@@ -21,21 +23,40 @@ async fn chat_completion_is_forwarded_with_the_upstream_key_and_returned_unchang
         let v = a.json();
         assert_eq!(v["choices"][0]["message"]["content"], "w0 w1 w2 ");
         assert_eq!(v["usage"]["completion_tokens"], 3);
-        assert!(a.headers["x-request-id"].to_str().unwrap().starts_with("req_"));
+        assert!(
+            a.headers["x-request-id"]
+                .to_str()
+                .unwrap()
+                .starts_with("req_")
+        );
     }
     let seen = s.mock.requests();
     assert_eq!(seen.len(), 2);
     for r in &seen {
         assert_eq!(r.path_and_query, "/chat/completions");
-        assert_eq!(r.headers["authorization"], format!("Bearer {UPSTREAM_KEY}").as_str());
+        assert_eq!(
+            r.headers["authorization"],
+            format!("Bearer {UPSTREAM_KEY}").as_str()
+        );
         assert_eq!(r.headers.get_all("authorization").iter().count(), 1);
         assert_eq!(r.headers["x-forwarded-for"], "127.0.0.1");
-        assert!(r.headers["x-request-id"].to_str().unwrap().starts_with("req_"));
+        assert!(
+            r.headers["x-request-id"]
+                .to_str()
+                .unwrap()
+                .starts_with("req_")
+        );
         let body = r.body.clone();
-        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), chat("deepseek-chat"));
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            chat("deepseek-chat")
+        );
         assert!(!String::from_utf8_lossy(&body).contains(&key.secret));
         for (_, v) in r.headers.iter() {
-            assert!(!v.to_str().unwrap_or("").contains(&key.secret), "client key leaked upstream");
+            assert!(
+                !v.to_str().unwrap_or("").contains(&key.secret),
+                "client key leaked upstream"
+            );
         }
     }
 }
@@ -86,7 +107,11 @@ async fn streaming_chat_arrives_chunk_by_chunk_and_unchanged() {
         }
     }
     let total = started.elapsed();
-    assert!(frames.len() >= 3, "expected several frames, got {}", frames.len());
+    assert!(
+        frames.len() >= 3,
+        "expected several frames, got {}",
+        frames.len()
+    );
     // Four 150 ms gaps upstream; the first piece must arrive well before the last one.
     assert!(first_frame_at.unwrap() + std::time::Duration::from_millis(300) < total);
     let text: String = frames.iter().map(|f| String::from_utf8_lossy(f)).collect();
@@ -98,7 +123,12 @@ async fn streaming_chat_arrives_chunk_by_chunk_and_unchanged() {
 #[tokio::test]
 async fn embeddings_are_forwarded() {
     let s = Setup::new(&[("app", CHAT_KEY)]).await;
-    let a = post_json(&s.gw.url("/v1/embeddings"), Some(s.key("app")), json!({"model": "mock-embedding", "input": ["a", "b"]})).await;
+    let a = post_json(
+        &s.gw.url("/v1/embeddings"),
+        Some(s.key("app")),
+        json!({"model": "mock-embedding", "input": ["a", "b"]}),
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["data"].as_array().unwrap().len(), 2);
     assert_eq!(s.mock.requests()[0].path_and_query, "/embeddings");
@@ -109,25 +139,61 @@ async fn model_list_shows_only_the_models_the_key_may_use() {
     let s = Setup::new(&[
         ("all", CHAT_KEY),
         ("coder", r#"scopes = ["code"]"#),
-        ("one", r#"scopes = ["chat"]
-models = ["deepseek-reasoner"]"#),
+        (
+            "one",
+            r#"scopes = ["chat"]
+models = ["deepseek-reasoner"]"#,
+        ),
     ])
     .await;
     let ids = |a: &Answer| -> Vec<String> {
-        a.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+        a.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
     };
     let a = get(&s.gw.url("/v1/models"), Some(s.key("all"))).await;
     assert_eq!(a.status, 200);
     // "unlisted-model" is offered by the upstream but not configured: never shown.
-    assert_eq!(ids(&a), ["deepseek-chat", "deepseek-reasoner", "deepseek-coder", "mock-embedding"]);
-    assert_eq!(ids(&get(&s.gw.url("/models"), Some(s.key("coder"))).await), ["deepseek-coder"]);
-    assert_eq!(ids(&get(&s.gw.url("/v1/models"), Some(s.key("one"))).await), ["deepseek-reasoner"]);
+    assert_eq!(
+        ids(&a),
+        [
+            "deepseek-chat",
+            "deepseek-reasoner",
+            "deepseek-coder",
+            "mock-embedding"
+        ]
+    );
+    assert_eq!(
+        ids(&get(&s.gw.url("/models"), Some(s.key("coder"))).await),
+        ["deepseek-coder"]
+    );
+    assert_eq!(
+        ids(&get(&s.gw.url("/v1/models"), Some(s.key("one"))).await),
+        ["deepseek-reasoner"]
+    );
 
-    let a = get(&s.gw.url("/v1/models/deepseek-reasoner"), Some(s.key("one"))).await;
-    assert_eq!((a.status.as_u16(), a.json()["id"].as_str()), (200, Some("deepseek-reasoner")));
+    let a = get(
+        &s.gw.url("/v1/models/deepseek-reasoner"),
+        Some(s.key("one")),
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.json()["id"].as_str()),
+        (200, Some("deepseek-reasoner"))
+    );
     for hidden in ["deepseek-chat", "unlisted-model"] {
-        let a = get(&s.gw.url(&format!("/v1/models/{hidden}")), Some(s.key("one"))).await;
-        assert_eq!((a.status.as_u16(), a.code()), (404, "model_not_found".into()));
+        let a = get(
+            &s.gw.url(&format!("/v1/models/{hidden}")),
+            Some(s.key("one")),
+        )
+        .await;
+        assert_eq!(
+            (a.status.as_u16(), a.code()),
+            (404, "model_not_found".into())
+        );
     }
 }
 
@@ -149,9 +215,18 @@ async fn upstream_errors_other_than_auth_are_relayed() {
 async fn upstream_base_path_is_prefixed() {
     let mock = MockUpstream::start().await.unwrap();
     let (key, hash) = TestKey::new("app");
-    let cfg = config_text(&format!("{}/v1", mock.url()), "", &key_toml("app", &hash, CHAT_KEY));
+    let cfg = config_text(
+        &format!("{}/v1", mock.url()),
+        "",
+        &key_toml("app", &hash, CHAT_KEY),
+    );
     let gw = Gw::start(&cfg).await;
-    let a = post_json(&gw.url("/chat/completions"), Some(&key), chat("deepseek-chat")).await;
+    let a = post_json(
+        &gw.url("/chat/completions"),
+        Some(&key),
+        chat("deepseek-chat"),
+    )
+    .await;
     assert_eq!(a.status, 200);
     assert_eq!(mock.requests()[0].path_and_query, "/v1/chat/completions");
 }
@@ -159,9 +234,16 @@ async fn upstream_base_path_is_prefixed() {
 #[tokio::test]
 async fn query_strings_are_forwarded_on_allowed_routes() {
     let s = Setup::new(&[("files", r#"scopes = ["files"]"#)]).await;
-    let a = get(&s.gw.url("/v1/files?purpose=batch&limit=2"), Some(s.key("files"))).await;
+    let a = get(
+        &s.gw.url("/v1/files?purpose=batch&limit=2"),
+        Some(s.key("files")),
+    )
+    .await;
     // The mock has no /files route: its 404 comes back, proving the request was forwarded.
     assert_eq!(a.status, 404);
     assert_eq!(a.code(), "unknown_url");
-    assert_eq!(s.mock.requests()[0].path_and_query, "/files?purpose=batch&limit=2");
+    assert_eq!(
+        s.mock.requests()[0].path_and_query,
+        "/files?purpose=batch&limit=2"
+    );
 }

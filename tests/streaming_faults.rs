@@ -2,6 +2,8 @@
 //! The client must see an error (never a silently truncated "complete" answer), the upstream
 //! request must be cancelled when the client leaves, and the gateway must keep serving.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly by design
+
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -31,7 +33,10 @@ async fn read_stream(req: Request<Full<Bytes>>) -> (u16, String, Result<(), Stri
     let mut body = resp.into_body();
     let mut text = String::new();
     loop {
-        match tokio::time::timeout(Duration::from_secs(15), body.frame()).await.expect("stream hung") {
+        match tokio::time::timeout(Duration::from_secs(15), body.frame())
+            .await
+            .expect("stream hung")
+        {
             None => return (status, text, Ok(())),
             Some(Ok(f)) => {
                 if let Ok(d) = f.into_data() {
@@ -46,11 +51,21 @@ async fn read_stream(req: Request<Full<Bytes>>) -> (u16, String, Result<(), Stri
 #[tokio::test]
 async fn an_upstream_reset_mid_stream_ends_the_clients_stream_with_an_error() {
     let s = Setup::new(&[("app", "scopes = [\"chat\"]")]).await;
-    let (status, text, end) = read_stream(stream_req(&s, &[("x-mock-chunks", "10"), ("x-mock-cut-after", "3")])).await;
+    let (status, text, end) = read_stream(stream_req(
+        &s,
+        &[("x-mock-chunks", "10"), ("x-mock-cut-after", "3")],
+    ))
+    .await;
     assert_eq!(status, 200);
-    assert!(text.contains("\"w2 \""), "the chunks before the cut arrive: {text}");
+    assert!(
+        text.contains("\"w2 \""),
+        "the chunks before the cut arrive: {text}"
+    );
     assert!(!text.contains("[DONE]"));
-    assert!(end.is_err(), "the client must see the stream break, not a clean end");
+    assert!(
+        end.is_err(),
+        "the client must see the stream break, not a clean end"
+    );
     // The gateway is still up.
     let (_, _, end) = read_stream(stream_req(&s, &[])).await;
     assert!(end.is_ok());
@@ -60,14 +75,21 @@ async fn an_upstream_reset_mid_stream_ends_the_clients_stream_with_an_error() {
 async fn an_upstream_that_stalls_mid_stream_is_cut_after_the_idle_timeout() {
     // idle_timeout is 3 s in the test config.
     let s = Setup::new(&[("app", "scopes = [\"chat\"]")]).await;
-    let (status, text, end) = read_stream(stream_req(&s, &[("x-mock-chunks", "10"), ("x-mock-stall-after", "2")])).await;
+    let (status, text, end) = read_stream(stream_req(
+        &s,
+        &[("x-mock-chunks", "10"), ("x-mock-stall-after", "2")],
+    ))
+    .await;
     assert_eq!(status, 200);
     assert!(text.contains("\"w1 \""));
     assert!(end.is_err());
     // Closing the client side releases the upstream stream too.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while s.mock.cancelled_streams() < 1 {
-        assert!(tokio::time::Instant::now() < deadline, "upstream stream never released");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream stream never released"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -76,7 +98,10 @@ async fn an_upstream_that_stalls_mid_stream_is_cut_after_the_idle_timeout() {
 async fn a_client_that_disconnects_cancels_the_upstream_request() {
     let s = Setup::new(&[("app", "scopes = [\"chat\"]")]).await;
     let resp = client()
-        .request(stream_req(&s, &[("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "20")]))
+        .request(stream_req(
+            &s,
+            &[("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "20")],
+        ))
         .await
         .unwrap();
     let mut body = resp.into_body();
@@ -86,7 +111,10 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
     drop(body);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while s.mock.cancelled_streams() < 1 {
-        assert!(tokio::time::Instant::now() < deadline, "upstream was not cancelled");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream was not cancelled"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -124,8 +152,18 @@ async fn every_request_is_settled_once_with_tokens_and_no_secrets() {
         .unwrap();
     let (_, _, end) = read_stream(req).await;
     assert!(end.is_ok());
-    let a = post_json(&s.gw.url("/v1/chat/completions"), Some(s.key("app")), chat("deepseek-chat")).await;
-    let refused = post_json(&s.gw.url("/v1/chat/completions"), None, chat("deepseek-chat")).await;
+    let a = post_json(
+        &s.gw.url("/v1/chat/completions"),
+        Some(s.key("app")),
+        chat("deepseek-chat"),
+    )
+    .await;
+    let refused = post_json(
+        &s.gw.url("/v1/chat/completions"),
+        None,
+        chat("deepseek-chat"),
+    )
+    .await;
     assert_eq!((a.status.as_u16(), refused.status.as_u16()), (200, 401));
 
     // Settlement happens as the body ends; give the server task a moment to log it.
@@ -152,10 +190,19 @@ async fn every_request_is_settled_once_with_tokens_and_no_secrets() {
     assert_eq!(streamed["outcome"], "completed");
     assert_eq!(streamed["completion_tokens"], 5);
     assert_eq!(streamed["prompt_tokens"], 4);
-    let plain = lines.iter().find(|l| l["stream"] == false && l["status"] == 200).unwrap();
+    let plain = lines
+        .iter()
+        .find(|l| l["stream"] == false && l["status"] == 200)
+        .unwrap();
     assert_eq!(plain["completion_tokens"], 3);
     let refusal = lines.iter().find(|l| l["status"] == 401).unwrap();
-    assert_eq!((refusal["outcome"].as_str(), refusal["reason"].as_str()), (Some("refused"), Some("missing_key")));
-    let ids: std::collections::HashSet<_> = lines.iter().map(|l| l["request_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(
+        (refusal["outcome"].as_str(), refusal["reason"].as_str()),
+        (Some("refused"), Some("missing_key"))
+    );
+    let ids: std::collections::HashSet<_> = lines
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids.len(), 3);
 }

@@ -122,22 +122,37 @@ mod tests {
     fn untrusted_peer_is_the_client_whatever_it_claims() {
         let trusted = rules(&["10.0.0.0/8"]);
         let h = xff(&["1.2.3.4"]);
-        assert_eq!(resolve(peer("203.0.113.9"), &h, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
-        assert_eq!(resolve(peer("203.0.113.9"), &h, &IpRules::default()), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            resolve(peer("203.0.113.9"), &h, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            resolve(peer("203.0.113.9"), &h, &IpRules::default()),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
     fn trusted_peer_walks_from_the_right_past_trusted_hops() {
         let trusted = rules(&["10.0.0.0/8"]);
         let h = xff(&["6.6.6.6, 198.51.100.7", "10.1.1.1"]);
-        assert_eq!(resolve(peer("10.0.0.1"), &h, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            resolve(peer("10.0.0.1"), &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
     fn garbage_or_exhausted_chains_stop_at_the_nearest_trusted_hop() {
         let trusted = rules(&["10.0.0.0/8"]);
-        assert_eq!(resolve(peer("10.0.0.1"), &xff(&["evil, 10.0.0.2"]), &trusted), "10.0.0.2".parse::<IpAddr>().unwrap());
-        assert_eq!(resolve(peer("10.0.0.1"), &xff(&[]), &trusted), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            resolve(peer("10.0.0.1"), &xff(&["evil, 10.0.0.2"]), &trusted),
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            resolve(peer("10.0.0.1"), &xff(&[]), &trusted),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -145,14 +160,24 @@ mod tests {
         let trusted = rules(&["::ffff:10.0.0.0/104"]);
         assert_eq!(trusted.nets()[0].to_string(), "10.0.0.0/8");
         let h = xff(&["::ffff:198.51.100.7"]);
-        assert_eq!(resolve(peer("::ffff:10.0.0.1"), &h, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            resolve(peer("::ffff:10.0.0.1"), &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
     fn cidr_parsing_accepts_hosts_and_refuses_nonsense() {
-        assert_eq!(parse_ip_or_cidr("198.51.100.50").unwrap().to_string(), "198.51.100.50/32");
+        assert_eq!(
+            parse_ip_or_cidr("198.51.100.50").unwrap().to_string(),
+            "198.51.100.50/32"
+        );
         assert!(parse_ip_or_cidr("10.0.0.300/8").is_err());
-        assert!(parse_ip_or_cidr("10.0.0.1/8").unwrap_err().contains("10.0.0.0/8"));
+        assert!(
+            parse_ip_or_cidr("10.0.0.1/8")
+                .unwrap_err()
+                .contains("10.0.0.0/8")
+        );
         assert!(rules(&[]).allows("1.1.1.1".parse().unwrap()));
         assert!(!rules(&[]).contains("1.1.1.1".parse().unwrap()));
     }

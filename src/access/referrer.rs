@@ -154,7 +154,9 @@ fn parse_rule(pattern: &str) -> Result<Rule, String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
     if !valid_host {
-        return Err(bad("has an invalid host (only '*.' is allowed as a host wildcard)"));
+        return Err(bad(
+            "has an invalid host (only '*.' is allowed as a host wildcard)",
+        ));
     }
     if path.contains(['?', '#']) {
         return Err(bad("must not contain a query or fragment"));
@@ -240,7 +242,13 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused() {
-        for bad in ["allowed.example/*", "ftp://x/", "https://u@x/", "https://ev*il.com/", "https://x:99999/"] {
+        for bad in [
+            "allowed.example/*",
+            "ftp://x/",
+            "https://u@x/",
+            "https://ev*il.com/",
+            "https://x:99999/",
+        ] {
             assert!(ReferrerRules::compile(&[bad.to_string()]).is_err(), "{bad}");
         }
     }

@@ -100,6 +100,9 @@ mod tests {
         let set: ScopeSet = [Scope::Chat, Scope::Files].into_iter().collect();
         assert!(set.contains(Scope::Chat) && set.contains(Scope::Files));
         assert!(!set.contains(Scope::Code));
-        assert_eq!(set.iter().collect::<Vec<_>>(), vec![Scope::Chat, Scope::Files]);
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            vec![Scope::Chat, Scope::Files]
+        );
     }
 }

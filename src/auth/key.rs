@@ -182,14 +182,20 @@ mod tests {
         assert_eq!(verify(""), Err(KeyFormatError::Malformed));
         assert_eq!(verify(&s[..KEY_LEN - 1]), Err(KeyFormatError::Malformed));
         assert_eq!(verify(&format!("{s}x")), Err(KeyFormatError::Malformed));
-        assert_eq!(verify(&s.replacen("sk-kg-", "sk-xx-", 1)), Err(KeyFormatError::Malformed));
+        assert_eq!(
+            verify(&s.replacen("sk-kg-", "sk-xx-", 1)),
+            Err(KeyFormatError::Malformed)
+        );
         let mut typo = s.as_bytes().to_vec();
         typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
         let typo = String::from_utf8(typo).unwrap();
         assert_eq!(verify(&typo), Err(KeyFormatError::BadChecksum));
         let mut bad = s.as_bytes().to_vec();
         bad[10] = b'-';
-        assert_eq!(verify(&String::from_utf8(bad).unwrap()), Err(KeyFormatError::Malformed));
+        assert_eq!(
+            verify(&String::from_utf8(bad).unwrap()),
+            Err(KeyFormatError::Malformed)
+        );
     }
 
     #[test]

@@ -36,11 +36,20 @@ impl KeyStore {
     pub fn new(keys: &[Arc<KeyPolicy>]) -> Self {
         let mut by_digest = HashMap::with_capacity_and_hasher(keys.len() * 2, Default::default());
         for policy in keys {
-            by_digest.insert(policy.digest, Slot { policy: policy.clone(), valid_until: None });
+            by_digest.insert(
+                policy.digest,
+                Slot {
+                    policy: policy.clone(),
+                    valid_until: None,
+                },
+            );
             if let Some(prev) = &policy.previous {
                 by_digest.insert(
                     prev.digest,
-                    Slot { policy: policy.clone(), valid_until: Some(prev.expires) },
+                    Slot {
+                        policy: policy.clone(),
+                        valid_until: Some(prev.expires),
+                    },
                 );
             }
         }
@@ -48,7 +57,11 @@ impl KeyStore {
     }
 
     /// Authenticates a presented key at time `now`.
-    pub fn authenticate(&self, presented: &str, now: SystemTime) -> Result<&Arc<KeyPolicy>, AuthError> {
+    pub fn authenticate(
+        &self,
+        presented: &str,
+        now: SystemTime,
+    ) -> Result<&Arc<KeyPolicy>, AuthError> {
         let digest = key::verify(presented).map_err(AuthError::Malformed)?;
         let slot = self.by_digest.get(&digest).ok_or(AuthError::Unknown)?;
         let policy = &slot.policy;

@@ -8,7 +8,9 @@ pub fn run(path: &Path) -> ExitCode {
         Ok(config) => {
             let env = &config.upstream.api_key_env;
             if std::env::var(env).map_or(true, |v| v.trim().is_empty()) {
-                eprintln!("warning: upstream.api_key_env: ${env} is not set; requests would fail with 502");
+                eprintln!(
+                    "warning: upstream.api_key_env: ${env} is not set; requests would fail with 502"
+                );
             }
             println!(
                 "{}: OK ({} keys, {} models)",
@@ -22,7 +24,11 @@ pub fn run(path: &Path) -> ExitCode {
             for problem in &e.problems {
                 eprintln!("error: {problem}");
             }
-            eprintln!("{}: invalid ({} problems)", path.display(), e.problems.len());
+            eprintln!(
+                "{}: invalid ({} problems)",
+                path.display(),
+                e.problems.len()
+            );
             ExitCode::FAILURE
         }
     }

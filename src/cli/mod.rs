@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "keygate", version, about = "An authenticating, metering gateway for OpenAI-compatible APIs")]
+#[command(
+    name = "keygate",
+    version,
+    about = "An authenticating, metering gateway for OpenAI-compatible APIs"
+)]
 pub struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KEYGATE_LOG_FORMAT")]

@@ -38,7 +38,12 @@ pub async fn run(path: &Path) -> ExitCode {
         );
     }
     let keys = runtime.config.keys.len();
-    let limited = runtime.config.keys.iter().filter(|k| k.limits != Default::default()).count();
+    let limited = runtime
+        .config
+        .keys
+        .iter()
+        .filter(|k| k.limits != Default::default())
+        .count();
     if limited > 0 {
         tracing::warn!(
             keys = limited,
@@ -59,7 +64,9 @@ pub async fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let addr = listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string());
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| listen.to_string(), |a| a.to_string());
     tracing::info!(%addr, keys, tls = tls.is_some(), "keygate listening");
     server::run(listener, gw, tls, shutdown_signal()).await;
     tracing::info!("keygate stopped");

@@ -13,8 +13,8 @@ use http::uri::Scheme;
 
 use super::file::{RawConfig, RawEnvironment, RawKey, RawLimits, RawServer, RawUpstream};
 use super::{
-    Admin, Config, ConfigError, Environment, KeyPolicy, Limits, Model, Models,
-    PreviousSecret, Price, Server, ServerLimits, Storage, TlsFiles, Upstream,
+    Admin, Config, ConfigError, Environment, KeyPolicy, Limits, Model, Models, PreviousSecret,
+    Price, Server, ServerLimits, Storage, TlsFiles, Upstream,
 };
 use crate::access::{IpRules, ReferrerRules, Scope, ScopeSet, parse_ip_or_cidr};
 use crate::auth::KeyDigest;
@@ -60,24 +60,41 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     for (i, m) in raw.models.iter().enumerate() {
         let path = format!("models[{i}]");
         let scope = p.take(format!("{path}.scope"), Scope::parse(&m.scope));
-        let input = p.take(format!("{path}.input_per_million"), usd_micros(m.input_per_million));
+        let input = p.take(
+            format!("{path}.input_per_million"),
+            usd_micros(m.input_per_million),
+        );
         let cached = match m.cached_input_per_million {
             Some(v) => p.take(format!("{path}.cached_input_per_million"), usd_micros(v)),
             None => input,
         };
-        let output = p.take(format!("{path}.output_per_million"), usd_micros(m.output_per_million));
+        let output = p.take(
+            format!("{path}.output_per_million"),
+            usd_micros(m.output_per_million),
+        );
         if m.name.trim().is_empty() || m.name.trim() != m.name {
-            p.add(format!("{path}.name"), "must be a non-empty name without surrounding spaces");
+            p.add(
+                format!("{path}.name"),
+                "must be a non-empty name without surrounding spaces",
+            );
         }
-        if let (Some(scope), Some(input), Some(cached_input), Some(output)) = (scope, input, cached, output)
+        if let (Some(scope), Some(input), Some(cached_input), Some(output)) =
+            (scope, input, cached, output)
         {
             let model = Model {
                 name: m.name.as_str().into(),
                 scope,
-                price: Price { input, cached_input, output },
+                price: Price {
+                    input,
+                    cached_input,
+                    output,
+                },
             };
             if !models.insert(model) {
-                p.add(format!("{path}.name"), format!("model {:?} is listed twice", m.name));
+                p.add(
+                    format!("{path}.name"),
+                    format!("model {:?} is listed twice", m.name),
+                );
             }
         }
     }
@@ -90,7 +107,10 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 let defaults = defaults(&path, env, &models, &mut p);
                 envs.insert(e, defaults);
             }
-            None => p.add(path, "unknown environment (expected production, development or restricted)"),
+            None => p.add(
+                path,
+                "unknown environment (expected production, development or restricted)",
+            ),
         }
     }
 
@@ -104,7 +124,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             p.add(format!("{path}.id"), format!("duplicate key id {:?}", k.id));
         }
         if let Some(policy) = key(&path, k, &envs, &models, now, &mut p) {
-            for d in std::iter::once(policy.digest).chain(policy.previous.as_ref().map(|s| s.digest)) {
+            for d in
+                std::iter::once(policy.digest).chain(policy.previous.as_ref().map(|s| s.digest))
+            {
                 if let Some(other) = digests.insert(d, k.id.clone()) {
                     p.add(
                         format!("{path}.hash"),
@@ -120,35 +142,112 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         return Err(ConfigError { problems: p.0 });
     }
     let (Some(server), Some(upstream)) = (server, upstream) else {
-        return Err(ConfigError::one("invalid [server] or [upstream] section".into()));
+        return Err(ConfigError::one(
+            "invalid [server] or [upstream] section".into(),
+        ));
     };
-    Ok(Config { server, admin, upstream, storage, models, keys })
+    Ok(Config {
+        server,
+        admin,
+        upstream,
+        storage,
+        models,
+        keys,
+    })
 }
 
 fn server(raw: &RawServer, base: &Path, p: &mut Problems) -> Option<Server> {
     let listen = p.take("server.listen", socket_addr(&raw.listen));
     let trusted = cidrs("server.trusted_proxies", &raw.trusted_proxies, p);
     let tls = match (&raw.tls_cert, &raw.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert: base.join(cert), key: base.join(key) }),
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: base.join(cert),
+            key: base.join(key),
+        }),
         (None, None) => None,
         _ => {
-            p.add("server.tls_cert", "tls_cert and tls_key must be set together");
+            p.add(
+                "server.tls_cert",
+                "tls_cert and tls_key must be set together",
+            );
             None
         }
     };
     let d = ServerLimits::default();
     let limits = ServerLimits {
-        header_read_timeout: duration(p, "server.header_read_timeout", &raw.header_read_timeout, d.header_read_timeout),
-        body_read_timeout: duration(p, "server.body_read_timeout", &raw.body_read_timeout, d.body_read_timeout),
-        max_header_bytes: bounded(p, "server.max_header_bytes", raw.max_header_bytes, d.max_header_bytes, 1024, 1 << 20),
-        max_headers: bounded(p, "server.max_headers", raw.max_headers, d.max_headers, 8, 1000),
-        max_uri_bytes: bounded(p, "server.max_uri_bytes", raw.max_uri_bytes, d.max_uri_bytes, 256, 1 << 20),
-        max_body_bytes: bounded(p, "server.max_body_bytes", raw.max_body_bytes, d.max_body_bytes as usize, 1024, 1 << 30) as u64,
-        max_json_depth: bounded(p, "server.max_json_depth", raw.max_json_depth, d.max_json_depth, 2, 128),
-        max_connections: bounded(p, "server.max_connections", raw.max_connections, d.max_connections, 1, 1_000_000),
-        shutdown_grace: duration(p, "server.shutdown_grace", &raw.shutdown_grace, d.shutdown_grace),
+        header_read_timeout: duration(
+            p,
+            "server.header_read_timeout",
+            &raw.header_read_timeout,
+            d.header_read_timeout,
+        ),
+        body_read_timeout: duration(
+            p,
+            "server.body_read_timeout",
+            &raw.body_read_timeout,
+            d.body_read_timeout,
+        ),
+        max_header_bytes: bounded(
+            p,
+            "server.max_header_bytes",
+            raw.max_header_bytes,
+            d.max_header_bytes,
+            1024,
+            1 << 20,
+        ),
+        max_headers: bounded(
+            p,
+            "server.max_headers",
+            raw.max_headers,
+            d.max_headers,
+            8,
+            1000,
+        ),
+        max_uri_bytes: bounded(
+            p,
+            "server.max_uri_bytes",
+            raw.max_uri_bytes,
+            d.max_uri_bytes,
+            256,
+            1 << 20,
+        ),
+        max_body_bytes: bounded(
+            p,
+            "server.max_body_bytes",
+            raw.max_body_bytes,
+            d.max_body_bytes as usize,
+            1024,
+            1 << 30,
+        ) as u64,
+        max_json_depth: bounded(
+            p,
+            "server.max_json_depth",
+            raw.max_json_depth,
+            d.max_json_depth,
+            2,
+            128,
+        ),
+        max_connections: bounded(
+            p,
+            "server.max_connections",
+            raw.max_connections,
+            d.max_connections,
+            1,
+            1_000_000,
+        ),
+        shutdown_grace: duration(
+            p,
+            "server.shutdown_grace",
+            &raw.shutdown_grace,
+            d.shutdown_grace,
+        ),
     };
-    Some(Server { listen: listen?, trusted_proxies: trusted, tls, limits })
+    Some(Server {
+        listen: listen?,
+        trusted_proxies: trusted,
+        tls,
+        limits,
+    })
 }
 
 fn upstream(raw: &RawUpstream, p: &mut Problems) -> Option<Upstream> {
@@ -156,9 +255,24 @@ fn upstream(raw: &RawUpstream, p: &mut Problems) -> Option<Upstream> {
     if raw.api_key_env.trim().is_empty() {
         p.add("upstream.api_key_env", "must name an environment variable");
     }
-    let connect_timeout = duration(p, "upstream.connect_timeout", &raw.connect_timeout, Duration::from_secs(5));
-    let first_byte_timeout = duration(p, "upstream.first_byte_timeout", &raw.first_byte_timeout, Duration::from_secs(120));
-    let idle_timeout = duration(p, "upstream.idle_timeout", &raw.idle_timeout, Duration::from_secs(120));
+    let connect_timeout = duration(
+        p,
+        "upstream.connect_timeout",
+        &raw.connect_timeout,
+        Duration::from_secs(5),
+    );
+    let first_byte_timeout = duration(
+        p,
+        "upstream.first_byte_timeout",
+        &raw.first_byte_timeout,
+        Duration::from_secs(120),
+    );
+    let idle_timeout = duration(
+        p,
+        "upstream.idle_timeout",
+        &raw.idle_timeout,
+        Duration::from_secs(120),
+    );
     let (scheme, authority, base_path) = url?;
     Some(Upstream {
         scheme,
@@ -175,16 +289,27 @@ fn upstream_url(s: &str) -> Result<(Scheme, http::uri::Authority, String), Strin
     let uri: Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
     let scheme = match uri.scheme() {
         Some(sch) if *sch == Scheme::HTTPS || *sch == Scheme::HTTP => sch.clone(),
-        _ => return Err(format!("{s:?} must start with https:// (or http:// for a local upstream)")),
+        _ => {
+            return Err(format!(
+                "{s:?} must start with https:// (or http:// for a local upstream)"
+            ));
+        }
     };
-    let authority = uri.authority().cloned().ok_or_else(|| format!("{s:?} has no host"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{s:?} has no host"))?;
     if authority.as_str().contains('@') {
         return Err("must not contain credentials; use upstream.api_key_env".into());
     }
     if uri.query().is_some() {
         return Err(format!("{s:?} must not have a query string"));
     }
-    Ok((scheme, authority, uri.path().trim_end_matches('/').to_owned()))
+    Ok((
+        scheme,
+        authority,
+        uri.path().trim_end_matches('/').to_owned(),
+    ))
 }
 
 /// Environment defaults, validated once and copied into each key that lacks its own value.
@@ -199,9 +324,18 @@ struct Defaults {
 
 fn defaults(path: &str, env: &RawEnvironment, models: &Models, p: &mut Problems) -> Defaults {
     Defaults {
-        scopes: env.scopes.as_ref().map(|s| scopes(&format!("{path}.scopes"), s, p)),
-        models: env.models.as_ref().map(|m| model_list(&format!("{path}.models"), m, models, p)),
-        allowed_ips: env.allowed_ips.as_ref().map(|v| cidrs(&format!("{path}.allowed_ips"), v, p)),
+        scopes: env
+            .scopes
+            .as_ref()
+            .map(|s| scopes(&format!("{path}.scopes"), s, p)),
+        models: env
+            .models
+            .as_ref()
+            .map(|m| model_list(&format!("{path}.models"), m, models, p)),
+        allowed_ips: env
+            .allowed_ips
+            .as_ref()
+            .map(|v| cidrs(&format!("{path}.allowed_ips"), v, p)),
         allowed_referrers: env
             .allowed_referrers
             .as_ref()
@@ -220,15 +354,23 @@ fn key(
 ) -> Option<KeyPolicy> {
     let valid_id = !k.id.is_empty()
         && k.id.len() <= 64
-        && k.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && k.id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !valid_id {
-        p.add(format!("{path}.id"), "must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'");
+        p.add(
+            format!("{path}.id"),
+            "must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'",
+        );
     }
     let environment = Environment::parse(&k.environment);
     if environment.is_none() {
         p.add(
             format!("{path}.environment"),
-            format!("unknown environment {:?} (expected production, development or restricted)", k.environment),
+            format!(
+                "unknown environment {:?} (expected production, development or restricted)",
+                k.environment
+            ),
         );
     }
     let empty = Defaults::default();
@@ -238,21 +380,32 @@ fn key(
         "active" => Some(true),
         "inactive" => Some(false),
         other => {
-            p.add(format!("{path}.status"), format!("{other:?} is not active or inactive"));
+            p.add(
+                format!("{path}.status"),
+                format!("{other:?} is not active or inactive"),
+            );
             None
         }
     };
     let created = p.take(format!("{path}.created"), utc(&k.created));
-    let expires = k.expires.as_ref().and_then(|d| p.take(format!("{path}.expires"), utc(d)));
+    let expires = k
+        .expires
+        .as_ref()
+        .and_then(|d| p.take(format!("{path}.expires"), utc(d)));
     let previous = match (&k.previous_hash, &k.previous_expires) {
         (Some(h), Some(e)) => {
             let digest = p.take(format!("{path}.previous_hash"), KeyDigest::parse(h));
             let expires = p.take(format!("{path}.previous_expires"), utc(e));
-            digest.zip(expires).map(|(digest, expires)| PreviousSecret { digest, expires })
+            digest
+                .zip(expires)
+                .map(|(digest, expires)| PreviousSecret { digest, expires })
         }
         (None, None) => None,
         _ => {
-            p.add(format!("{path}.previous_hash"), "previous_hash and previous_expires must be set together");
+            p.add(
+                format!("{path}.previous_hash"),
+                "previous_hash and previous_expires must be set together",
+            );
             None
         }
     };
@@ -272,7 +425,8 @@ fn key(
         Some(m) => Some(model_list(&format!("{path}.models"), m, models, p)),
         None => env.models.clone(),
     };
-    if environment == Some(Environment::Restricted) && model_list.as_ref().is_none_or(Vec::is_empty) {
+    if environment == Some(Environment::Restricted) && model_list.as_ref().is_none_or(Vec::is_empty)
+    {
         p.add(
             format!("{path}.models"),
             "a key in the restricted environment must list the models it may use",
@@ -313,24 +467,42 @@ fn limits(path: &str, own: &RawLimits, env: &RawLimits, p: &mut Problems) -> Opt
         match u32::try_from(v).ok().and_then(NonZeroU32::new) {
             Some(n) => Some(n),
             None => {
-                p.add(format!("{path}.{field}"), format!("{v} must be between 1 and {}", u32::MAX));
+                p.add(
+                    format!("{path}.{field}"),
+                    format!("{v} must be between 1 and {}", u32::MAX),
+                );
                 ok = false;
                 None
             }
         }
     };
-    let requests_per_minute = count("requests_per_minute", own.requests_per_minute.or(env.requests_per_minute));
-    let tokens_per_minute = count("tokens_per_minute", own.tokens_per_minute.or(env.tokens_per_minute));
-    let max_concurrent_requests =
-        count("max_concurrent_requests", own.max_concurrent_requests.or(env.max_concurrent_requests));
+    let requests_per_minute = count(
+        "requests_per_minute",
+        own.requests_per_minute.or(env.requests_per_minute),
+    );
+    let tokens_per_minute = count(
+        "tokens_per_minute",
+        own.tokens_per_minute.or(env.tokens_per_minute),
+    );
+    let max_concurrent_requests = count(
+        "max_concurrent_requests",
+        own.max_concurrent_requests.or(env.max_concurrent_requests),
+    );
     let monthly_spend_micros = match own.monthly_spend_usd.or(env.monthly_spend_usd) {
-        Some(usd) => p.take(format!("{path}.monthly_spend_usd"), usd_micros(usd)).or_else(|| {
-            ok = false;
-            None
-        }),
+        Some(usd) => p
+            .take(format!("{path}.monthly_spend_usd"), usd_micros(usd))
+            .or_else(|| {
+                ok = false;
+                None
+            }),
         None => None,
     };
-    ok.then_some(Limits { requests_per_minute, tokens_per_minute, monthly_spend_micros, max_concurrent_requests })
+    ok.then_some(Limits {
+        requests_per_minute,
+        tokens_per_minute,
+        monthly_spend_micros,
+        max_concurrent_requests,
+    })
 }
 
 fn scopes(path: &str, list: &[String], p: &mut Problems) -> ScopeSet {
@@ -346,7 +518,10 @@ fn model_list(path: &str, list: &[String], models: &Models, p: &mut Problems) ->
         .filter_map(|(i, name)| match models.get(name) {
             Some(m) => Some(m.name.clone()),
             None => {
-                p.add(format!("{path}[{i}]"), format!("model {name:?} is not listed in [[models]]"));
+                p.add(
+                    format!("{path}[{i}]"),
+                    format!("model {name:?} is not listed in [[models]]"),
+                );
                 None
             }
         })
@@ -383,13 +558,23 @@ fn duration(p: &mut Problems, path: &str, raw: &Option<String>, default: Duratio
             default
         }
         Err(e) => {
-            p.add(path, format!("{text:?} is not a duration like \"10s\" or \"2m\": {e}"));
+            p.add(
+                path,
+                format!("{text:?} is not a duration like \"10s\" or \"2m\": {e}"),
+            );
             default
         }
     }
 }
 
-fn bounded(p: &mut Problems, path: &str, raw: Option<u64>, default: usize, min: u64, max: u64) -> usize {
+fn bounded(
+    p: &mut Problems,
+    path: &str,
+    raw: Option<u64>,
+    default: usize,
+    min: u64,
+    max: u64,
+) -> usize {
     match raw {
         None => default,
         Some(v) if (min..=max).contains(&v) => usize::try_from(v).unwrap_or(default),
@@ -402,8 +587,10 @@ fn bounded(p: &mut Problems, path: &str, raw: Option<u64>, default: usize, min: 
 
 /// USD amount to integer micro-dollars; refuses negatives, NaN and sub-micro-dollar precision.
 pub fn usd_micros(usd: f64) -> Result<u64, String> {
-    if !usd.is_finite() || usd < 0.0 || usd > MAX_USD {
-        return Err(format!("{usd} must be an amount in USD between 0 and {MAX_USD}"));
+    if !usd.is_finite() || !(0.0..=MAX_USD).contains(&usd) {
+        return Err(format!(
+            "{usd} must be an amount in USD between 0 and {MAX_USD}"
+        ));
     }
     let scaled = usd * 1e6;
     let micros = scaled.round();
@@ -418,7 +605,9 @@ pub fn usd_micros(usd: f64) -> Result<u64, String> {
 fn utc(dt: &toml::value::Datetime) -> Result<SystemTime, String> {
     let text = dt.to_string();
     if dt.date.is_none() || dt.time.is_none() || dt.offset.is_none() {
-        return Err(format!("{text} must be a full UTC timestamp like 2026-01-15T00:00:00Z"));
+        return Err(format!(
+            "{text} must be a full UTC timestamp like 2026-01-15T00:00:00Z"
+        ));
     }
     humantime::parse_rfc3339(&text)
         .map_err(|_| format!("{text} must be in UTC, ending in Z (like 2026-01-15T00:00:00Z)"))

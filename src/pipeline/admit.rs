@@ -9,7 +9,12 @@ use super::ctx::RequestCtx;
 use crate::config::Config;
 use crate::error::Refusal;
 
-pub fn admit<B>(req: &Request<B>, peer: SocketAddr, config: &Config, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+pub fn admit<B>(
+    req: &Request<B>,
+    peer: SocketAddr,
+    config: &Config,
+    ctx: &mut RequestCtx,
+) -> Result<(), Refusal> {
     ctx.client_ip = Some(crate::access::client_ip::resolve(
         peer,
         req.headers(),
@@ -29,7 +34,12 @@ fn check_framing(headers: &HeaderMap) -> Result<(), Refusal> {
     let Some(first) = codings.next() else {
         return Ok(());
     };
-    if codings.next().is_some() || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+    if codings.next().is_some()
+        || !first
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked")
+    {
         return Err(Refusal::InvalidRequest(
             "Transfer-Encoding other than a single 'chunked' is not accepted.".into(),
         ));

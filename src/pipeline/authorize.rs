@@ -38,11 +38,17 @@ pub fn authorize_model<'m>(
     name: &str,
 ) -> Result<&'m Arc<Model>, Refusal> {
     let model = models.get(name).ok_or(Refusal::ModelNotFound)?;
-    let model_sets_scope = matches!(route.kind, RouteKind::ChatCompletions | RouteKind::Completions);
+    let model_sets_scope = matches!(
+        route.kind,
+        RouteKind::ChatCompletions | RouteKind::Completions
+    );
     if model_sets_scope && !key.scopes.contains(model.scope) {
         return Err(Refusal::ScopeNotAllowed(model.scope));
     }
-    let listed = key.models.as_ref().is_none_or(|list| list.iter().any(|m| **m == *model.name));
+    let listed = key
+        .models
+        .as_ref()
+        .is_none_or(|list| list.iter().any(|m| **m == *model.name));
     if !listed {
         return Err(Refusal::ModelNotAllowed);
     }
@@ -50,7 +56,11 @@ pub fn authorize_model<'m>(
 }
 
 /// For `GET /models/{id}`: a model the key may not use does not exist for it.
-pub fn authorize_listed_model<'m>(key: &KeyPolicy, models: &'m Models, name: &str) -> Result<&'m Arc<Model>, Refusal> {
+pub fn authorize_listed_model<'m>(
+    key: &KeyPolicy,
+    models: &'m Models,
+    name: &str,
+) -> Result<&'m Arc<Model>, Refusal> {
     models
         .get(name)
         .filter(|m| key.may_use(m))

@@ -74,7 +74,12 @@ pub struct Metered {
 }
 
 impl Metered {
-    pub fn new(inner: Incoming, scanner: UsageScanner, settlement: Settlement, idle_timeout: Duration) -> Self {
+    pub fn new(
+        inner: Incoming,
+        scanner: UsageScanner,
+        settlement: Settlement,
+        idle_timeout: Duration,
+    ) -> Self {
         let now = Instant::now();
         Self {
             inner,

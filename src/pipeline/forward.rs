@@ -21,7 +21,11 @@ const MAX_MODEL_LIST: usize = 4 * 1024 * 1024;
 
 /// Reads the whole request body: refused with 413 from `Content-Length` before reading, or as
 /// soon as a chunked body passes the limit; with 408 if it does not arrive in time.
-pub async fn read_body(body: Incoming, headers: &HeaderMap, limits: &ServerLimits) -> Result<Bytes, Refusal> {
+pub async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limits: &ServerLimits,
+) -> Result<Bytes, Refusal> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -30,11 +34,14 @@ pub async fn read_body(body: Incoming, headers: &HeaderMap, limits: &ServerLimit
         return Err(Refusal::BodyTooLarge);
     }
     let max = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
-    let collected = tokio::time::timeout(limits.body_read_timeout, Limited::new(body, max).collect()).await;
+    let collected =
+        tokio::time::timeout(limits.body_read_timeout, Limited::new(body, max).collect()).await;
     match collected {
         Ok(Ok(body)) => Ok(body.to_bytes()),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Refusal::BodyTooLarge),
-        Ok(Err(_)) => Err(Refusal::InvalidRequest("The request body could not be read.".into())),
+        Ok(Err(_)) => Err(Refusal::InvalidRequest(
+            "The request body could not be read.".into(),
+        )),
         Err(_) => Err(Refusal::BodyTimeout),
     }
 }
@@ -49,23 +56,33 @@ pub async fn send(
     ctx: &mut RequestCtx,
 ) -> Result<Response<Incoming>, Refusal> {
     let upstream = &rt.config.upstream;
-    let auth = rt.upstream_auth.as_ref().ok_or(Refusal::UpstreamKeyMissing)?;
+    let auth = rt
+        .upstream_auth
+        .as_ref()
+        .ok_or(Refusal::UpstreamKeyMissing)?;
     parts.uri = upstream_uri(upstream, path, parts.uri.query())?;
     parts.version = Version::HTTP_11;
     parts.extensions = Extensions::new();
-    let client_ip = ctx.client_ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let client_ip = ctx
+        .client_ip
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     crate::upstream::headers::to_upstream(&mut parts.headers, auth, client_ip, &ctx.id);
     let request = http::Request::from_parts(parts, Full::new(body));
 
     let started = Instant::now();
     ctx.upstream_started = Some(started);
-    let result = tokio::time::timeout(upstream.first_byte_timeout, gw.client.request(request)).await;
+    let result =
+        tokio::time::timeout(upstream.first_byte_timeout, gw.client.request(request)).await;
     ctx.upstream_first_byte = Some(started.elapsed());
     match result {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => {
             tracing::warn!(target: "keygate::upstream", request_id = ctx.id.to_str().unwrap_or(""), error = %e, "upstream request failed");
-            if is_timeout(&e) { Err(Refusal::UpstreamTimeout) } else { Err(Refusal::UpstreamUnreachable) }
+            if is_timeout(&e) {
+                Err(Refusal::UpstreamTimeout)
+            } else {
+                Err(Refusal::UpstreamUnreachable)
+            }
         }
         Err(_) => Err(Refusal::UpstreamTimeout),
     }
@@ -88,14 +105,17 @@ fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
 }
 
 fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {
-    let mut pq = String::with_capacity(upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    let mut pq = String::with_capacity(
+        upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+    );
     pq.push_str(&upstream.base_path);
     pq.push_str(path);
     if let Some(q) = query {
         pq.push('?');
         pq.push_str(q);
     }
-    let pq = PathAndQuery::try_from(pq).map_err(|_| Refusal::InvalidRequest("The request URI is invalid.".into()))?;
+    let pq = PathAndQuery::try_from(pq)
+        .map_err(|_| Refusal::InvalidRequest("The request URI is invalid.".into()))?;
     Uri::builder()
         .scheme(upstream.scheme.clone())
         .authority(upstream.authority.clone())
@@ -113,13 +133,18 @@ pub async fn filter_model_list(
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, Refusal> {
     let (mut parts, body) = response.into_parts();
-    let read = tokio::time::timeout(upstream.idle_timeout, Limited::new(body, MAX_MODEL_LIST).collect()).await;
+    let read = tokio::time::timeout(
+        upstream.idle_timeout,
+        Limited::new(body, MAX_MODEL_LIST).collect(),
+    )
+    .await;
     let bytes = match read {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(_)) => return Err(Refusal::UpstreamUnreachable),
         Err(_) => return Err(Refusal::UpstreamTimeout),
     };
-    let mut list: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| Refusal::UpstreamUnreachable)?;
+    let mut list: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| Refusal::UpstreamUnreachable)?;
     let Some(data) = list.get_mut("data").and_then(|d| d.as_array_mut()) else {
         return Err(Refusal::UpstreamUnreachable);
     };
@@ -134,6 +159,9 @@ pub async fn filter_model_list(
     crate::upstream::headers::to_client(&mut parts.headers, request_id);
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::CONTENT_ENCODING);
-    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(Response::from_parts(parts, ResponseBody::full(out)))
 }

@@ -52,7 +52,10 @@ pub async fn handle(
             let (mut parts, incoming) = response.into_parts();
             crate::upstream::headers::to_client(&mut parts.headers, &settlement.ctx.id);
             let scanner = UsageScanner::for_content_type(
-                parts.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+                parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .map(|v| v.as_bytes()),
             );
             let idle = rt.config.upstream.idle_timeout;
             let body = Metered::new(incoming, scanner, settlement, idle);
@@ -118,9 +121,15 @@ async fn process(
         return Err(Refusal::UpstreamAuth);
     }
     if list_models && status.is_success() {
-        return forward::filter_model_list(response, key, &config.models, &config.upstream, &ctx.id)
-            .await
-            .map(Answer::Rebuilt);
+        return forward::filter_model_list(
+            response,
+            key,
+            &config.models,
+            &config.upstream,
+            &ctx.id,
+        )
+        .await
+        .map(Answer::Rebuilt);
     }
     Ok(Answer::Stream(response))
 }
@@ -134,9 +143,11 @@ fn authorize_body(
     body: &Bytes,
     ctx: &mut RequestCtx,
 ) -> Result<(), Refusal> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().trim_ascii_start().starts_with(b"application/json"));
+    let is_json = headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
+        ct.as_bytes()
+            .trim_ascii_start()
+            .starts_with(b"application/json")
+    });
     let has_body = !body.is_empty();
     if route.kind.requires_model() && !is_json {
         return Err(Refusal::InvalidRequest(
@@ -159,7 +170,9 @@ fn authorize_body(
             ctx.model = Some(model.name.clone());
         }
         None if route.kind.requires_model() => {
-            return Err(Refusal::InvalidRequest("The request body must name a 'model'.".into()));
+            return Err(Refusal::InvalidRequest(
+                "The request body must name a 'model'.".into(),
+            ));
         }
         None if key.models.is_some() && route.kind.may_name_model() => {
             return Err(Refusal::ModelNotAllowed);

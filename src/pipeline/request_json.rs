@@ -76,7 +76,12 @@ struct SeenKeys {
 
 impl SeenKeys {
     fn new() -> Self {
-        Self { hasher: std::hash::RandomState::new(), inline: [0; 16], len: 0, spill: Vec::new() }
+        Self {
+            hasher: std::hash::RandomState::new(),
+            inline: [0; 16],
+            len: 0,
+            spill: Vec::new(),
+        }
     }
 
     /// False if `key` was seen before.
@@ -145,7 +150,8 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                     fields.max_tokens = fields.max_tokens.max(v);
                 }
                 "stream_options" => {
-                    fields.include_usage = map.next_value::<Option<StreamOptions>>()?.and_then(|o| o.0)
+                    fields.include_usage =
+                        map.next_value::<Option<StreamOptions>>()?.and_then(|o| o.0)
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -171,7 +177,9 @@ impl<'de> de::Deserialize<'de> for StreamOptions {
                 let mut include = None;
                 while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     if !seen.insert(&key) {
-                        return Err(de::Error::custom(format_args!("duplicate key {key:?} in stream_options")));
+                        return Err(de::Error::custom(format_args!(
+                            "duplicate key {key:?} in stream_options"
+                        )));
                     }
                     if key == "include_usage" {
                         include = map.next_value::<Option<bool>>()?;
@@ -199,14 +207,23 @@ mod tests {
         assert!(f.stream);
         assert_eq!(f.max_tokens, Some(50));
         assert_eq!(f.include_usage, Some(true));
-        assert_eq!(parse(br#"{"input":"x"}"#, 128).unwrap(), RequestFields::default());
+        assert_eq!(
+            parse(br#"{"input":"x"}"#, 128).unwrap(),
+            RequestFields::default()
+        );
     }
 
     #[test]
     fn refuses_duplicates_even_when_escaped() {
         assert!(parse(br#"{"model":"a","model":"b"}"#, 128).is_err());
         assert!(parse(br#"{"model":"a","mod\u0065l":"b"}"#, 128).is_err());
-        assert!(parse(br#"{"stream_options":{"include_usage":true,"include_usage":false}}"#, 128).is_err());
+        assert!(
+            parse(
+                br#"{"stream_options":{"include_usage":true,"include_usage":false}}"#,
+                128
+            )
+            .is_err()
+        );
         let many: String = (0..40).map(|i| format!("\"k{i}\":1,")).collect();
         assert!(parse(format!("{{{many}\"k3\":2}}").as_bytes(), 128).is_err());
         assert!(parse(format!("{{{many}\"k40\":2}}").as_bytes(), 128).is_ok());

@@ -38,12 +38,19 @@ impl RouteKind {
     /// Whether a request body on this route may choose a model (and so must be checked
     /// against a key's model list).
     pub fn may_name_model(self) -> bool {
-        self.requires_model() || matches!(self, RouteKind::Images | RouteKind::Audio | RouteKind::FineTuning)
+        self.requires_model()
+            || matches!(
+                self,
+                RouteKind::Images | RouteKind::Audio | RouteKind::FineTuning
+            )
     }
 
     /// Whether the request body must be a JSON object naming a model.
     pub fn requires_model(self) -> bool {
-        matches!(self, RouteKind::ChatCompletions | RouteKind::Completions | RouteKind::Embeddings)
+        matches!(
+            self,
+            RouteKind::ChatCompletions | RouteKind::Completions | RouteKind::Embeddings
+        )
     }
 }
 
@@ -67,25 +74,120 @@ const POST: &[Method] = &[Method::POST];
 const GET: &[Method] = &[Method::GET];
 
 static ROUTES: &[Entry] = &[
-    Entry { segments: &[Lit("chat"), Lit("completions")], methods: POST, kind: RouteKind::ChatCompletions, endpoint: "/chat/completions" },
-    Entry { segments: &[Lit("completions")], methods: POST, kind: RouteKind::Completions, endpoint: "/completions" },
-    Entry { segments: &[Lit("embeddings")], methods: POST, kind: RouteKind::Embeddings, endpoint: "/embeddings" },
-    Entry { segments: &[Lit("models")], methods: GET, kind: RouteKind::ListModels, endpoint: "/models" },
-    Entry { segments: &[Lit("models"), Param], methods: GET, kind: RouteKind::RetrieveModel, endpoint: "/models/{id}" },
-    Entry { segments: &[Lit("files")], methods: &[Method::GET, Method::POST], kind: RouteKind::Files, endpoint: "/files" },
-    Entry { segments: &[Lit("files"), Param], methods: &[Method::GET, Method::DELETE], kind: RouteKind::Files, endpoint: "/files/{id}" },
-    Entry { segments: &[Lit("files"), Param, Lit("content")], methods: GET, kind: RouteKind::Files, endpoint: "/files/{id}/content" },
-    Entry { segments: &[Lit("fine_tuning"), Lit("jobs")], methods: &[Method::GET, Method::POST], kind: RouteKind::FineTuning, endpoint: "/fine_tuning/jobs" },
-    Entry { segments: &[Lit("fine_tuning"), Lit("jobs"), Param], methods: GET, kind: RouteKind::FineTuning, endpoint: "/fine_tuning/jobs/{id}" },
-    Entry { segments: &[Lit("fine_tuning"), Lit("jobs"), Param, Lit("cancel")], methods: POST, kind: RouteKind::FineTuning, endpoint: "/fine_tuning/jobs/{id}/cancel" },
-    Entry { segments: &[Lit("fine_tuning"), Lit("jobs"), Param, Lit("events")], methods: GET, kind: RouteKind::FineTuning, endpoint: "/fine_tuning/jobs/{id}/events" },
-    Entry { segments: &[Lit("fine_tuning"), Lit("jobs"), Param, Lit("checkpoints")], methods: GET, kind: RouteKind::FineTuning, endpoint: "/fine_tuning/jobs/{id}/checkpoints" },
-    Entry { segments: &[Lit("images"), Lit("generations")], methods: POST, kind: RouteKind::Images, endpoint: "/images/generations" },
-    Entry { segments: &[Lit("images"), Lit("edits")], methods: POST, kind: RouteKind::Images, endpoint: "/images/edits" },
-    Entry { segments: &[Lit("images"), Lit("variations")], methods: POST, kind: RouteKind::Images, endpoint: "/images/variations" },
-    Entry { segments: &[Lit("audio"), Lit("speech")], methods: POST, kind: RouteKind::Audio, endpoint: "/audio/speech" },
-    Entry { segments: &[Lit("audio"), Lit("transcriptions")], methods: POST, kind: RouteKind::Audio, endpoint: "/audio/transcriptions" },
-    Entry { segments: &[Lit("audio"), Lit("translations")], methods: POST, kind: RouteKind::Audio, endpoint: "/audio/translations" },
+    Entry {
+        segments: &[Lit("chat"), Lit("completions")],
+        methods: POST,
+        kind: RouteKind::ChatCompletions,
+        endpoint: "/chat/completions",
+    },
+    Entry {
+        segments: &[Lit("completions")],
+        methods: POST,
+        kind: RouteKind::Completions,
+        endpoint: "/completions",
+    },
+    Entry {
+        segments: &[Lit("embeddings")],
+        methods: POST,
+        kind: RouteKind::Embeddings,
+        endpoint: "/embeddings",
+    },
+    Entry {
+        segments: &[Lit("models")],
+        methods: GET,
+        kind: RouteKind::ListModels,
+        endpoint: "/models",
+    },
+    Entry {
+        segments: &[Lit("models"), Param],
+        methods: GET,
+        kind: RouteKind::RetrieveModel,
+        endpoint: "/models/{id}",
+    },
+    Entry {
+        segments: &[Lit("files")],
+        methods: &[Method::GET, Method::POST],
+        kind: RouteKind::Files,
+        endpoint: "/files",
+    },
+    Entry {
+        segments: &[Lit("files"), Param],
+        methods: &[Method::GET, Method::DELETE],
+        kind: RouteKind::Files,
+        endpoint: "/files/{id}",
+    },
+    Entry {
+        segments: &[Lit("files"), Param, Lit("content")],
+        methods: GET,
+        kind: RouteKind::Files,
+        endpoint: "/files/{id}/content",
+    },
+    Entry {
+        segments: &[Lit("fine_tuning"), Lit("jobs")],
+        methods: &[Method::GET, Method::POST],
+        kind: RouteKind::FineTuning,
+        endpoint: "/fine_tuning/jobs",
+    },
+    Entry {
+        segments: &[Lit("fine_tuning"), Lit("jobs"), Param],
+        methods: GET,
+        kind: RouteKind::FineTuning,
+        endpoint: "/fine_tuning/jobs/{id}",
+    },
+    Entry {
+        segments: &[Lit("fine_tuning"), Lit("jobs"), Param, Lit("cancel")],
+        methods: POST,
+        kind: RouteKind::FineTuning,
+        endpoint: "/fine_tuning/jobs/{id}/cancel",
+    },
+    Entry {
+        segments: &[Lit("fine_tuning"), Lit("jobs"), Param, Lit("events")],
+        methods: GET,
+        kind: RouteKind::FineTuning,
+        endpoint: "/fine_tuning/jobs/{id}/events",
+    },
+    Entry {
+        segments: &[Lit("fine_tuning"), Lit("jobs"), Param, Lit("checkpoints")],
+        methods: GET,
+        kind: RouteKind::FineTuning,
+        endpoint: "/fine_tuning/jobs/{id}/checkpoints",
+    },
+    Entry {
+        segments: &[Lit("images"), Lit("generations")],
+        methods: POST,
+        kind: RouteKind::Images,
+        endpoint: "/images/generations",
+    },
+    Entry {
+        segments: &[Lit("images"), Lit("edits")],
+        methods: POST,
+        kind: RouteKind::Images,
+        endpoint: "/images/edits",
+    },
+    Entry {
+        segments: &[Lit("images"), Lit("variations")],
+        methods: POST,
+        kind: RouteKind::Images,
+        endpoint: "/images/variations",
+    },
+    Entry {
+        segments: &[Lit("audio"), Lit("speech")],
+        methods: POST,
+        kind: RouteKind::Audio,
+        endpoint: "/audio/speech",
+    },
+    Entry {
+        segments: &[Lit("audio"), Lit("transcriptions")],
+        methods: POST,
+        kind: RouteKind::Audio,
+        endpoint: "/audio/transcriptions",
+    },
+    Entry {
+        segments: &[Lit("audio"), Lit("translations")],
+        methods: POST,
+        kind: RouteKind::Audio,
+        endpoint: "/audio/translations",
+    },
 ];
 
 /// A matched route.
@@ -119,9 +221,9 @@ pub fn check_canonical(path: &str) -> Result<(), RouteError> {
         let ok = !segment.is_empty()
             && segment != "."
             && segment != ".."
-            && segment
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':'));
+            && segment.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':')
+            });
         if !ok {
             return Err(RouteError::NotCanonical);
         }
@@ -145,9 +247,18 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, RouteErr
             method_mismatch = true;
             continue;
         }
-        return Ok(Route { kind: entry.kind, endpoint: entry.endpoint, path, param });
+        return Ok(Route {
+            kind: entry.kind,
+            endpoint: entry.endpoint,
+            path,
+            param,
+        });
     }
-    Err(if method_mismatch { RouteError::MethodNotAllowed } else { RouteError::NotFound })
+    Err(if method_mismatch {
+        RouteError::MethodNotAllowed
+    } else {
+        RouteError::NotFound
+    })
 }
 
 /// `Some(param)` when `path` fits the pattern; the inner option is the `{id}` segment.
@@ -173,10 +284,16 @@ mod tests {
     fn routes_match_with_and_without_v1() {
         for p in ["/v1/chat/completions", "/chat/completions"] {
             let r = resolve(&Method::POST, p).unwrap();
-            assert_eq!((r.kind, r.path), (RouteKind::ChatCompletions, "/chat/completions"));
+            assert_eq!(
+                (r.kind, r.path),
+                (RouteKind::ChatCompletions, "/chat/completions")
+            );
         }
         let r = resolve(&Method::GET, "/v1/models/deepseek-chat").unwrap();
-        assert_eq!((r.kind, r.param), (RouteKind::RetrieveModel, Some("deepseek-chat")));
+        assert_eq!(
+            (r.kind, r.param),
+            (RouteKind::RetrieveModel, Some("deepseek-chat"))
+        );
         assert_eq!(r.endpoint, "/models/{id}");
         let r = resolve(&Method::GET, "/v1/fine_tuning/jobs/ftjob-1/events").unwrap();
         assert_eq!(r.kind.scope(), Some(Scope::FineTuning));
@@ -195,11 +312,27 @@ mod tests {
             "/v1\\files",
             "",
         ] {
-            assert_eq!(resolve(&Method::GET, p).unwrap_err(), RouteError::NotCanonical, "{p}");
+            assert_eq!(
+                resolve(&Method::GET, p).unwrap_err(),
+                RouteError::NotCanonical,
+                "{p}"
+            );
         }
-        assert_eq!(resolve(&Method::GET, "/V1/FILES").unwrap_err(), RouteError::NotFound);
-        assert_eq!(resolve(&Method::GET, "/v1").unwrap_err(), RouteError::NotFound);
-        assert_eq!(resolve(&Method::GET, "/v1/v1/models").unwrap_err(), RouteError::NotFound);
-        assert_eq!(resolve(&Method::GET, "/v1/chat/completions").unwrap_err(), RouteError::MethodNotAllowed);
+        assert_eq!(
+            resolve(&Method::GET, "/V1/FILES").unwrap_err(),
+            RouteError::NotFound
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/v1").unwrap_err(),
+            RouteError::NotFound
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/v1/v1/models").unwrap_err(),
+            RouteError::NotFound
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/v1/chat/completions").unwrap_err(),
+            RouteError::MethodNotAllowed
+        );
     }
 }

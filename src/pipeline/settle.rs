@@ -49,7 +49,11 @@ pub struct Settlement {
 
 impl Settlement {
     pub fn new(ctx: RequestCtx) -> Self {
-        Self { ctx, status: CLIENT_CLOSED, done: false }
+        Self {
+            ctx,
+            status: CLIENT_CLOSED,
+            done: false,
+        }
     }
 
     /// Records the status sent to the client.
@@ -69,7 +73,9 @@ impl Settlement {
         let ctx = &self.ctx;
         let now = Instant::now();
         let latency_ms = now.duration_since(ctx.started).as_secs_f64() * 1e3;
-        let upstream_ms = ctx.upstream_started.map(|t| now.duration_since(t).as_secs_f64() * 1e3);
+        let upstream_ms = ctx
+            .upstream_started
+            .map(|t| now.duration_since(t).as_secs_f64() * 1e3);
         let ttfb_ms = ctx.upstream_first_byte.map(|d| d.as_secs_f64() * 1e3);
         let usage = usage.unwrap_or_default();
         let reason = match outcome {

@@ -70,7 +70,10 @@ pub fn to_upstream(
     headers.remove(&X_FORWARDED_FOR);
     headers.insert(header::AUTHORIZATION, upstream_auth.clone());
     // Usage must be readable from the answer, so ask for it uncompressed.
-    headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     if let Ok(ip) = HeaderValue::try_from(client_ip.to_string()) {
         headers.insert(&X_FORWARDED_FOR, ip);
     }
@@ -100,7 +103,10 @@ mod tests {
         h.insert("x-api-key", "client".parse().unwrap());
         h.insert("api-key", "client".parse().unwrap());
         h.insert("proxy-authorization", "Basic x".parse().unwrap());
-        h.insert("connection", "authorization, x-custom, x-forwarded-for".parse().unwrap());
+        h.insert(
+            "connection",
+            "authorization, x-custom, x-forwarded-for".parse().unwrap(),
+        );
         h.insert("x-custom", "1".parse().unwrap());
         h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
         h.insert("upgrade", "websocket".parse().unwrap());
@@ -114,7 +120,14 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-request-id"], "req_1");
         assert_eq!(h["content-type"], "application/json");
-        for gone in ["x-api-key", "api-key", "proxy-authorization", "connection", "x-custom", "upgrade"] {
+        for gone in [
+            "x-api-key",
+            "api-key",
+            "proxy-authorization",
+            "connection",
+            "x-custom",
+            "upgrade",
+        ] {
             assert!(!h.contains_key(gone), "{gone} must be removed");
         }
     }

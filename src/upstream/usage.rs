@@ -61,20 +61,36 @@ const JSON_HALF_WINDOW: usize = 128 * 1024;
 
 /// Follows one response body and reports the usage it carried.
 pub enum UsageScanner {
-    Sse { partial: Vec<u8>, overflow: bool, usage: Option<Usage> },
-    Json { prev: Vec<u8>, cur: Vec<u8> },
+    Sse {
+        partial: Vec<u8>,
+        overflow: bool,
+        usage: Option<Usage>,
+    },
+    Json {
+        prev: Vec<u8>,
+        cur: Vec<u8>,
+    },
     None,
 }
 
 impl UsageScanner {
     /// Picks the scanner from the response's `Content-Type`.
     pub fn for_content_type(content_type: Option<&[u8]>) -> Self {
-        let Some(ct) = content_type else { return UsageScanner::None };
+        let Some(ct) = content_type else {
+            return UsageScanner::None;
+        };
         let starts = |p: &[u8]| ct.len() >= p.len() && ct[..p.len()].eq_ignore_ascii_case(p);
         if starts(b"text/event-stream") {
-            UsageScanner::Sse { partial: Vec::new(), overflow: false, usage: None }
+            UsageScanner::Sse {
+                partial: Vec::new(),
+                overflow: false,
+                usage: None,
+            }
         } else if starts(b"application/json") {
-            UsageScanner::Json { prev: Vec::new(), cur: Vec::new() }
+            UsageScanner::Json {
+                prev: Vec::new(),
+                cur: Vec::new(),
+            }
         } else {
             UsageScanner::None
         }
@@ -82,7 +98,11 @@ impl UsageScanner {
 
     pub fn feed(&mut self, chunk: &[u8]) {
         match self {
-            UsageScanner::Sse { partial, overflow, usage } => feed_sse(partial, overflow, usage, chunk),
+            UsageScanner::Sse {
+                partial,
+                overflow,
+                usage,
+            } => feed_sse(partial, overflow, usage, chunk),
             UsageScanner::Json { prev, cur } => {
                 if cur.len() + chunk.len() > JSON_HALF_WINDOW && !cur.is_empty() {
                     std::mem::swap(prev, cur);
@@ -98,7 +118,11 @@ impl UsageScanner {
     /// The usage seen, once the body has ended.
     pub fn finish(&mut self) -> Option<Usage> {
         match self {
-            UsageScanner::Sse { partial, overflow, usage } => {
+            UsageScanner::Sse {
+                partial,
+                overflow,
+                usage,
+            } => {
                 if !partial.is_empty() && !*overflow {
                     let line = std::mem::take(partial);
                     sse_line(&line, usage);
@@ -144,7 +168,9 @@ fn feed_sse(partial: &mut Vec<u8>, overflow: &mut bool, usage: &mut Option<Usage
 
 fn sse_line(line: &[u8], usage: &mut Option<Usage>) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let Some(data) = line.strip_prefix(b"data:") else { return };
+    let Some(data) = line.strip_prefix(b"data:") else {
+        return;
+    };
     if memmem::find(data, USAGE_KEY).is_none() {
         return;
     }
@@ -161,7 +187,9 @@ fn json_usage(body: &[u8]) -> Option<Usage> {
         end = at;
         let after = &body[at + USAGE_KEY.len()..];
         let after = after.trim_ascii_start();
-        let Some(value) = after.strip_prefix(b":") else { continue };
+        let Some(value) = after.strip_prefix(b":") else {
+            continue;
+        };
         let mut stream = serde_json::Deserializer::from_slice(value).into_iter::<RawUsage>();
         if let Some(Ok(raw)) = stream.next() {
             return Some(raw.into());
@@ -188,7 +216,11 @@ data: [DONE]\n\n";
             stream.chunks(size).for_each(|c| s.feed(c));
             assert_eq!(
                 s.finish(),
-                Some(Usage { prompt_tokens: 11, cached_prompt_tokens: 3, completion_tokens: 7 }),
+                Some(Usage {
+                    prompt_tokens: 11,
+                    cached_prompt_tokens: 3,
+                    completion_tokens: 7
+                }),
                 "chunk size {size}"
             );
         }
@@ -208,7 +240,14 @@ data: [DONE]\n\n";
         body.extend_from_slice(b"1],\"usage\": {\"prompt_tokens\":5,\"total_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":2}}}");
         let mut s = UsageScanner::for_content_type(Some(b"application/json"));
         body.chunks(8192).for_each(|c| s.feed(c));
-        assert_eq!(s.finish(), Some(Usage { prompt_tokens: 5, cached_prompt_tokens: 2, completion_tokens: 0 }));
+        assert_eq!(
+            s.finish(),
+            Some(Usage {
+                prompt_tokens: 5,
+                cached_prompt_tokens: 2,
+                completion_tokens: 0
+            })
+        );
     }
 
     #[test]
@@ -216,6 +255,13 @@ data: [DONE]\n\n";
         let body = br#"{"usage":{"prompt_tokens":4,"completion_tokens":2},"choices":[{"message":{"content":"\"usage\": {\"prompt_tokens\": 999}"}}]}"#;
         let mut s = UsageScanner::for_content_type(Some(b"application/json"));
         s.feed(body);
-        assert_eq!(s.finish(), Some(Usage { prompt_tokens: 4, cached_prompt_tokens: 0, completion_tokens: 2 }));
+        assert_eq!(
+            s.finish(),
+            Some(Usage {
+                prompt_tokens: 4,
+                cached_prompt_tokens: 0,
+                completion_tokens: 2
+            })
+        );
     }
 }

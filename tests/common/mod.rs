@@ -13,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use keygate::auth::ApiKey;
 use keygate::state::{Gateway, Runtime};
+#[allow(unused_imports)]
 pub use mock_upstream::{MockUpstream, UPSTREAM_SECRET_TEXT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -58,7 +59,13 @@ impl TestKey {
     pub fn new(id: &str) -> (Self, String) {
         let key = ApiKey::generate();
         let hash = key.digest().to_string();
-        (Self { id: id.to_owned(), secret: key.expose().to_owned() }, hash)
+        (
+            Self {
+                id: id.to_owned(),
+                secret: key.expose().to_owned(),
+            },
+            hash,
+        )
     }
 
     pub fn bearer(&self) -> String {
@@ -96,14 +103,25 @@ impl Gw {
     pub async fn start_with_key(config: &str, upstream_key: Option<&str>) -> Self {
         let config = keygate::config::from_str(config, std::path::Path::new("."))
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let gateway = Arc::new(Gateway::new(Runtime::with_upstream_key(config, upstream_key)).unwrap());
+        let gateway =
+            Arc::new(Gateway::new(Runtime::with_upstream_key(config, upstream_key)).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(keygate::server::run(listener, gateway.clone(), None, async {
-            let _ = stopped.await;
-        }));
-        Self { addr, gateway, stop: Some(stop), task: Some(task) }
+        let task = tokio::spawn(keygate::server::run(
+            listener,
+            gateway.clone(),
+            None,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            addr,
+            gateway,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -151,7 +169,11 @@ impl Setup {
             made.push(key);
         }
         let gw = Gw::start(&config_text(&mock.url(), server_extra, &rest)).await;
-        Self { mock, gw, keys: made }
+        Self {
+            mock,
+            gw,
+            keys: made,
+        }
     }
 
     pub fn key(&self, id: &str) -> &TestKey {
@@ -173,7 +195,10 @@ impl Answer {
 
     /// `error.code` of an OpenAI-shaped error body.
     pub fn code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or_default().to_owned()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     pub fn text(&self) -> String {
@@ -193,7 +218,11 @@ pub async fn send(req: Request<Full<Bytes>>) -> Answer {
         .expect("request failed");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("body failed").to_bytes();
-    Answer { status: parts.status, headers: parts.headers, body }
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 /// POSTs JSON with the given key (or none).
@@ -228,5 +257,9 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 
 /// Status code of the first response in a raw HTTP answer (0 if none).
 pub fn raw_status(answer: &str) -> u16 {
-    answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }

@@ -35,7 +35,13 @@ use tokio::sync::mpsc;
 pub const UPSTREAM_SECRET_TEXT: &str = "upstream-internal-detail-7f3a";
 
 /// Models the mock lists on `GET /models`.
-pub const MODELS: &[&str] = &["deepseek-chat", "deepseek-reasoner", "deepseek-coder", "mock-embedding", "unlisted-model"];
+pub const MODELS: &[&str] = &[
+    "deepseek-chat",
+    "deepseek-reasoner",
+    "deepseek-coder",
+    "mock-embedding",
+    "unlisted-model",
+];
 
 /// One request as the mock received it.
 #[derive(Debug, Clone)]
@@ -79,7 +85,11 @@ impl MockUpstream {
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
-        self.state.requests.lock().map(|r| r.clone()).unwrap_or_default()
+        self.state
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// How many streams were abandoned by their reader before they ended.
@@ -126,7 +136,10 @@ impl Body for MockBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             MockBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             MockBody::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
@@ -141,18 +154,30 @@ fn header_num(headers: &HeaderMap, name: &str) -> Option<u64> {
 fn json_response(status: StatusCode, value: &Value) -> Response<MockBody> {
     let mut r = Response::new(MockBody::Full(Some(Bytes::from(value.to_string()))));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
     r
 }
 
-async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+async fn answer(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let path = parts.uri.path().to_owned();
     if let Ok(mut log) = state.requests.lock() {
         log.push(Recorded {
             method: parts.method.to_string(),
-            path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             headers: parts.headers.clone(),
             body: body.clone(),
         });
@@ -161,7 +186,9 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
     if let Some(ms) = header_num(h, "x-mock-delay-ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if let Some(status) = header_num(h, "x-mock-status").and_then(|s| StatusCode::from_u16(s as u16).ok()) {
+    if let Some(status) =
+        header_num(h, "x-mock-status").and_then(|s| StatusCode::from_u16(s as u16).ok())
+    {
         let err = json!({"error": {"message": format!("mock failure: {UPSTREAM_SECRET_TEXT}"), "type": "mock", "code": "mock"}});
         return Ok(json_response(status, &err));
     }
@@ -171,23 +198,38 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         ("POST", "/chat/completions") => chat(&state, h, &request),
         ("POST", "/embeddings") => embeddings(&request),
         ("GET", "/models") => {
-            let data: Vec<Value> = MODELS.iter().map(|m| json!({"id": m, "object": "model", "owned_by": "mock"})).collect();
+            let data: Vec<Value> = MODELS
+                .iter()
+                .map(|m| json!({"id": m, "object": "model", "owned_by": "mock"}))
+                .collect();
             json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
         }
-        ("GET", p) if p.starts_with("/models/") => {
-            json_response(StatusCode::OK, &json!({"id": &p["/models/".len()..], "object": "model", "owned_by": "mock"}))
-        }
-        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": {"message": "no such mock route", "type": "invalid_request_error", "code": "unknown_url"}})),
+        ("GET", p) if p.starts_with("/models/") => json_response(
+            StatusCode::OK,
+            &json!({"id": &p["/models/".len()..], "object": "model", "owned_by": "mock"}),
+        ),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": {"message": "no such mock route", "type": "invalid_request_error", "code": "unknown_url"}}),
+        ),
     };
     Ok(response)
 }
 
 /// Prompt tokens: one per four characters of message content, plus one per message.
 fn prompt_tokens(request: &Value) -> u64 {
-    let Some(messages) = request.get("messages").and_then(Value::as_array) else { return 1 };
+    let Some(messages) = request.get("messages").and_then(Value::as_array) else {
+        return 1;
+    };
     messages
         .iter()
-        .map(|m| m.get("content").and_then(Value::as_str).map_or(0, |c| c.len() as u64).div_ceil(4) + 1)
+        .map(|m| {
+            m.get("content")
+                .and_then(Value::as_str)
+                .map_or(0, |c| c.len() as u64)
+                .div_ceil(4)
+                + 1
+        })
         .sum()
 }
 
@@ -202,7 +244,11 @@ fn usage(prompt: u64, completion: u64) -> Value {
 }
 
 fn chat(state: &Arc<State>, h: &HeaderMap, request: &Value) -> Response<MockBody> {
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("unknown").to_owned();
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_owned();
     let pieces = header_num(h, "x-mock-chunks").unwrap_or(3);
     let prompt = prompt_tokens(request);
     if request.get("stream").and_then(Value::as_bool) != Some(true) {
@@ -219,7 +265,10 @@ fn chat(state: &Arc<State>, h: &HeaderMap, request: &Value) -> Response<MockBody
             }),
         );
     }
-    let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+    let include_usage = request
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true);
     let delay = Duration::from_millis(header_num(h, "x-mock-chunk-delay-ms").unwrap_or(0));
     let cut_after = header_num(h, "x-mock-cut-after");
     let stall_after = header_num(h, "x-mock-stall-after");
@@ -236,8 +285,12 @@ fn chat(state: &Arc<State>, h: &HeaderMap, request: &Value) -> Response<MockBody
             }
             Bytes::from(format!("data: {c}\n\n"))
         };
-        let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
-        events.extend((0..pieces).map(|i| chunk(json!({"content": format!("w{i} ")}), Value::Null)));
+        let mut events = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
+        events
+            .extend((0..pieces).map(|i| chunk(json!({"content": format!("w{i} ")}), Value::Null)));
         events.push(chunk(json!({}), json!("stop")));
         if include_usage {
             let u = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage(prompt, pieces)});
@@ -247,7 +300,9 @@ fn chat(state: &Arc<State>, h: &HeaderMap, request: &Value) -> Response<MockBody
         for (i, event) in events.into_iter().enumerate() {
             let sent_pieces = i as u64; // the role chunk is index 0, so i pieces have been sent
             if cut_after.is_some_and(|n| sent_pieces > n) {
-                let _ = tx.send(Err(std::io::Error::other("mock cut the stream"))).await;
+                let _ = tx
+                    .send(Err(std::io::Error::other("mock cut the stream")))
+                    .await;
                 return;
             }
             if stall_after.is_some_and(|n| sent_pieces > n) {
@@ -265,18 +320,28 @@ fn chat(state: &Arc<State>, h: &HeaderMap, request: &Value) -> Response<MockBody
         }
     });
     let mut r = Response::new(MockBody::Channel(rx));
-    r.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
-    r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache"));
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-cache"));
     r
 }
 
 fn embeddings(request: &Value) -> Response<MockBody> {
     let inputs: Vec<String> = match request.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().map(|v| v.as_str().unwrap_or("").to_owned()).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().unwrap_or("").to_owned())
+            .collect(),
         _ => vec![],
     };
-    let tokens: u64 = inputs.iter().map(|s| (s.len() as u64).div_ceil(4).max(1)).sum();
+    let tokens: u64 = inputs
+        .iter()
+        .map(|s| (s.len() as u64).div_ceil(4).max(1))
+        .sum();
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()

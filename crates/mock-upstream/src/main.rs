@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let addr: SocketAddr = match std::env::args().nth(1) {
-        Some(a) => a.parse().map_err(|e| std::io::Error::other(format!("bad address {a:?}: {e}")))?,
+        Some(a) => a
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("bad address {a:?}: {e}")))?,
         None => SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let mock = mock_upstream::MockUpstream::start_on(addr).await?;
