@@ -33,7 +33,10 @@ fn config_with(keys: usize) -> (keygate::config::Config, Vec<ApiKey>) {
         ));
         secrets.push(key);
     }
-    (keygate::config::from_str(&text, Path::new(".")).unwrap(), secrets)
+    (
+        keygate::config::from_str(&text, Path::new(".")).unwrap(),
+        secrets,
+    )
 }
 
 fn key_verification(c: &mut Criterion) {
@@ -47,9 +50,15 @@ fn key_verification(c: &mut Criterion) {
     let bad_checksum = String::from_utf8(bad).unwrap();
 
     let mut g = c.benchmark_group("key_verification_10k_keys");
-    g.bench_function("valid", |b| b.iter(|| store.authenticate(black_box(&valid), now).is_ok()));
-    g.bench_function("unknown", |b| b.iter(|| store.authenticate(black_box(&unknown), now).is_err()));
-    g.bench_function("bad_checksum", |b| b.iter(|| store.authenticate(black_box(&bad_checksum), now).is_err()));
+    g.bench_function("valid", |b| {
+        b.iter(|| store.authenticate(black_box(&valid), now).is_ok())
+    });
+    g.bench_function("unknown", |b| {
+        b.iter(|| store.authenticate(black_box(&unknown), now).is_err())
+    });
+    g.bench_function("bad_checksum", |b| {
+        b.iter(|| store.authenticate(black_box(&bad_checksum), now).is_err())
+    });
     g.finish();
 }
 
@@ -57,21 +66,33 @@ fn authorize_phase(c: &mut Criterion) {
     let (config, _) = config_with(1);
     let key = config.keys[0].clone();
     let mut headers = HeaderMap::new();
-    headers.insert("referer", "https://app.example.com/chat/page?x=1".parse().unwrap());
+    headers.insert(
+        "referer",
+        "https://app.example.com/chat/page?x=1".parse().unwrap(),
+    );
     headers.insert("x-forwarded-for", "6.6.6.6, 203.0.113.7".parse().unwrap());
     let peer = SocketAddr::from(([10, 1, 2, 3], 5555));
     let mut g = c.benchmark_group("authorize");
     g.bench_function("client_ip_route_source_model", |b| {
         b.iter(|| {
-            let ip: IpAddr = keygate::access::client_ip::resolve(peer, black_box(&headers), &config.server.trusted_proxies);
+            let ip: IpAddr = keygate::access::client_ip::resolve(
+                peer,
+                black_box(&headers),
+                &config.server.trusted_proxies,
+            );
             let route = route::resolve(&Method::POST, black_box("/v1/chat/completions")).unwrap();
             authorize::authorize_source(&key, ip, &headers, &route).unwrap();
-            authorize::authorize_model(&key, &config.models, &route, black_box("deepseek-chat")).is_ok()
+            authorize::authorize_model(&key, &config.models, &route, black_box("deepseek-chat"))
+                .is_ok()
         })
     });
     let body = br#"{"model":"deepseek-chat","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write a haiku about gateways."}],"stream":true,"max_tokens":256,"temperature":0.7}"#;
     g.bench_function("request_json_fields", |b| {
-        b.iter(|| keygate::pipeline::request_json::parse(black_box(body), 128).unwrap().stream)
+        b.iter(|| {
+            keygate::pipeline::request_json::parse(black_box(body), 128)
+                .unwrap()
+                .stream
+        })
     });
     g.finish();
 }

@@ -5,7 +5,7 @@ use keygate::cli::{self, Cli, Command, KeysCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_tracing(cli.log_format);
+    let _log_guard = cli::init_tracing(cli.log_format);
     match cli.command {
         Command::Check { config } => cli::check::run(&config),
         Command::Keys(KeysCommand::Generate { json }) => cli::keys::generate(json),

@@ -55,17 +55,21 @@ pub enum KeysCommand {
     },
 }
 
-/// Sets up logging: `RUST_LOG` filters (default `info`), `--log-format` picks text or JSON.
-pub fn init_tracing(format: LogFormat) {
+/// Sets up logging to stderr: `RUST_LOG` filters (default `info`), `--log-format` picks text or
+/// JSON. Lines are written by a background thread so a slow stderr never blocks a request; the
+/// returned guard flushes what is queued when dropped at exit.
+pub fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }

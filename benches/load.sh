@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Load comparison in one run: the mock upstream directly vs the same requests through keygate,
+# at 1 and 64 connections, for plain and streaming chat completions.
+#
+# Decision informed: what keygate's full pipeline (authenticate, authorize, forward, usage
+# extraction, settle log line) costs over a direct connection, in throughput, latency and CPU
+# time per request. wrk runs on core 0; keygate and the mock share core 1, each with one worker
+# thread. Everything binds to 127.0.0.1. Usage: benches/load.sh [seconds per run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-10}"
+
+if ! command -v wrk >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null; else echo "load.sh needs wrk (apt-get install wrk)" >&2; exit 1; fi
+fi
+cargo build --release -q -p keygate -p mock-upstream
+bin=target/release
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+wait_for() { # file pattern -> first match
+  for _ in $(seq 1 200); do
+    if grep -qE "$2" "$1" 2>/dev/null; then grep -oE "$2" "$1" | head -1; return 0; fi
+    sleep 0.05
+  done
+  echo "timed out waiting for $2 in $1" >&2; cat "$1" >&2; return 1
+}
+
+TOKIO_WORKER_THREADS=1 taskset -c 1 "$bin/mock-upstream" 127.0.0.1:0 >"$tmp/mock.out" &
+pids+=($!)
+mock=$(wait_for "$tmp/mock.out" '127\.0\.0\.1:[0-9]+')
+
+key_json=$("$bin/keygate" keys generate --json)
+key=$(echo "$key_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+hash=$(echo "$key_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])')
+cat >"$tmp/keygate.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+[upstream]
+url = "http://$mock"
+api_key_env = "BENCH_UPSTREAM_KEY"
+[[models]]
+name = "deepseek-chat"
+scope = "chat"
+input_per_million = 0.27
+output_per_million = 1.10
+[[keys]]
+id = "bench"
+name = "bench"
+environment = "production"
+hash = "$hash"
+created = 2026-01-01T00:00:00Z
+scopes = ["chat"]
+models = ["deepseek-chat"]
+allowed_ips = ["127.0.0.0/8"]
+allowed_referrers = []
+TOML
+BENCH_UPSTREAM_KEY=sk-bench TOKIO_WORKER_THREADS=1 RUST_LOG="${RUST_LOG:-info}" \
+  taskset -c 1 "$bin/keygate" serve --config "$tmp/keygate.toml" 2>"$tmp/keygate.log" &
+kg_pid=$!
+pids+=($kg_pid)
+gw=$(wait_for "$tmp/keygate.log" 'addr=127\.0\.0\.1:[0-9]+' | cut -d= -f2)
+
+for mode in plain stream; do
+  if [ "$mode" = stream ]; then extra=', "stream": true, "stream_options": {"include_usage": true}'; else extra=''; fi
+  cat >"$tmp/$mode.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $key"
+wrk.body = '{"model": "deepseek-chat", "messages": [{"role": "user", "content": "Say hello to the benchmark"}]$extra}'
+LUA
+done
+
+ticks=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$kg_pid/stat"; }
+to_us() { # wrk latency like 1.23ms / 456.00us / 1.2s -> microseconds
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1e6; else print n }'
+}
+
+printf '%-7s %-6s %-8s %10s %10s %10s %14s\n' mode conns target req/s p50_us p99_us keygate_cpu_us
+for mode in plain stream; do
+  for conns in 1 64; do
+    for target in direct keygate; do
+      if [ "$target" = direct ]; then addr=$mock; else addr=$gw; fi
+      before=$(cpu_ticks)
+      taskset -c 0 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$tmp/$mode.lua" \
+        "http://$addr/v1/chat/completions" >"$tmp/wrk.out"
+      after=$(cpu_ticks)
+      if grep -q 'Non-2xx' "$tmp/wrk.out"; then echo "non-2xx answers:" >&2; cat "$tmp/wrk.out" >&2; exit 1; fi
+      rps=$(awk '/Requests\/sec/ {print $2}' "$tmp/wrk.out")
+      reqs=$(awk '/requests in/ {print $1}' "$tmp/wrk.out")
+      p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$tmp/wrk.out")")
+      p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$tmp/wrk.out")")
+      cpu=$(awk -v d="$((after - before))" -v t="$ticks" -v n="$reqs" 'BEGIN { printf "%.1f", d / t / n * 1e6 }')
+      [ "$target" = direct ] && cpu="-"
+      printf '%-7s %-6s %-8s %10s %10s %10s %14s\n' "$mode" "$conns" "$target" "$rps" "$p50" "$p99" "$cpu"
+    done
+  done
+done
+lines=$(grep -c 'keygate::request' "$tmp/keygate.log" || true)
+echo "keygate logged $lines request lines; refusals: $(grep -c 'outcome=refused' "$tmp/keygate.log" || true)"
