@@ -136,12 +136,21 @@ async fn other_credential_headers_never_reach_the_upstream() {
             ("api-key", "sk-kg-leak"),
             ("proxy-authorization", "Basic bGVhaw=="),
             ("cookie", "session=leak"),
+            ("openai-organization", "org-attacker"),
+            ("openai-project", "proj-attacker"),
         ],
     ))
     .await;
     assert_eq!(a.status, 200);
     let seen = &s.mock.requests()[0];
-    for h in ["x-api-key", "api-key", "proxy-authorization", "cookie"] {
+    for h in [
+        "x-api-key",
+        "api-key",
+        "proxy-authorization",
+        "cookie",
+        "openai-organization",
+        "openai-project",
+    ] {
         assert!(!seen.headers.contains_key(h), "{h} was forwarded");
     }
 }

@@ -307,6 +307,8 @@ async fn malformed_requests_are_400_invalid_request() {
         }
     };
     for (body, ct) in [
+        ("", "application/json"),
+        ("{}", "Application/JSON; charset=utf-8"),
         ("{not json", "application/json"),
         ("[1,2,3]", "application/json"),
         (

@@ -195,6 +195,7 @@ async fn every_request_is_settled_once_with_tokens_and_no_secrets() {
         .find(|l| l["stream"] == false && l["status"] == 200)
         .unwrap();
     assert_eq!(plain["completion_tokens"], 3);
+    assert_eq!(plain["outcome"], "completed");
     let refusal = lines.iter().find(|l| l["status"] == 401).unwrap();
     assert_eq!(
         (refusal["outcome"].as_str(), refusal["reason"].as_str()),

@@ -21,6 +21,8 @@ use crate::auth::KeyDigest;
 
 /// The largest amount of money a config may name, in USD (a guard against typos like 5e9).
 const MAX_USD: f64 = 1e9;
+/// The longest timeout or grace period a config may set.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Default)]
 struct Problems(Vec<String>);
@@ -552,9 +554,13 @@ fn socket_addr(s: &str) -> Result<SocketAddr, String> {
 fn duration(p: &mut Problems, path: &str, raw: &Option<String>, default: Duration) -> Duration {
     let Some(text) = raw else { return default };
     match humantime::parse_duration(text) {
-        Ok(d) if !d.is_zero() => d,
-        Ok(_) => {
+        Ok(d) if !d.is_zero() && d <= MAX_DURATION => d,
+        Ok(d) if d.is_zero() => {
             p.add(path, "must be longer than zero");
+            default
+        }
+        Ok(_) => {
+            p.add(path, format!("{text:?} is longer than a day"));
             default
         }
         Err(e) => {

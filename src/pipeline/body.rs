@@ -108,6 +108,11 @@ impl Metered {
                     self.scanner.feed(data);
                 }
                 self.last_frame = Instant::now();
+                // With a Content-Length, hyper stops polling once that many bytes are out and
+                // drops the body: settle now, while this is known to be the whole answer.
+                if self.inner.is_end_stream() {
+                    self.settle(Outcome::Completed);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -144,20 +144,26 @@ fn authorize_body(
     ctx: &mut RequestCtx,
 ) -> Result<(), Refusal> {
     let is_json = headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
-        ct.as_bytes()
-            .trim_ascii_start()
-            .starts_with(b"application/json")
+        let ct = ct.as_bytes().trim_ascii_start();
+        ct.len() >= 16 && ct[..16].eq_ignore_ascii_case(b"application/json")
     });
     let has_body = !body.is_empty();
-    if route.kind.requires_model() && !is_json {
+    if route.kind.requires_model() && !(is_json && has_body) {
         return Err(Refusal::InvalidRequest(
-            "This route takes a JSON body; set 'Content-Type: application/json'.".into(),
+            "This route takes a JSON body naming a 'model', with 'Content-Type: application/json'."
+                .into(),
         ));
     }
-    if !(is_json && has_body) {
-        // A body keygate does not read (multipart) cannot prove which model it uses.
-        if has_body && key.models.is_some() && route.kind.may_name_model() {
-            return Err(Refusal::ModelNotAllowed);
+    if !has_body {
+        return Ok(());
+    }
+    if !is_json {
+        // keygate cannot read which model a multipart (or other) body asks for, so it could
+        // neither price it nor hold a key to its model list.
+        if route.kind.may_name_model() {
+            return Err(Refusal::InvalidRequest(
+                "keygate only forwards JSON bodies on routes that choose a model.".into(),
+            ));
         }
         return Ok(());
     }

@@ -6,6 +6,7 @@
 //! different duplicates would let a client authorize one model and use another.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 
@@ -66,12 +67,14 @@ fn check_depth(body: &[u8], max_depth: usize) -> Result<(), BodyError> {
     Ok(())
 }
 
-/// Remembers the keys of one object (as 64-bit hashes) to refuse duplicates.
+/// Remembers the keys of one object (as 64-bit hashes) to refuse duplicates: the first 16 in
+/// an array (typical bodies allocate nothing), the rest in a hash set, so a body with a
+/// million keys costs linear, not quadratic, time.
 struct SeenKeys {
     hasher: std::hash::RandomState,
     inline: [u64; 16],
     len: usize,
-    spill: Vec<u64>,
+    spill: HashSet<u64>,
 }
 
 impl SeenKeys {
@@ -80,7 +83,7 @@ impl SeenKeys {
             hasher: std::hash::RandomState::new(),
             inline: [0; 16],
             len: 0,
-            spill: Vec::new(),
+            spill: HashSet::new(),
         }
     }
 
@@ -96,7 +99,7 @@ impl SeenKeys {
         if self.len < 16 {
             self.inline[self.len] = h;
         } else {
-            self.spill.push(h);
+            self.spill.insert(h);
         }
         self.len += 1;
         true

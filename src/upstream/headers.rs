@@ -23,8 +23,12 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Request headers keygate replaces or that must not reach the upstream.
-static CLIENT_ONLY: [HeaderName; 13] = [
+/// Request headers keygate replaces or that must not reach the upstream. The OpenAI account
+/// selectors would let a client pick which upstream organization or project is billed.
+static CLIENT_ONLY: [HeaderName; 16] = [
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    header::EXPECT,
     header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
     HeaderName::from_static("api-key"),
@@ -80,21 +84,55 @@ pub fn to_upstream(
     headers.insert(&X_REQUEST_ID, request_id.clone());
 }
 
-/// Rewrites the upstream's response headers, in place, into what the client receives.
+/// Response headers that describe keygate's upstream account, not the client's key.
+static UPSTREAM_ONLY: [HeaderName; 4] = [
+    header::UPGRADE,
+    header::SET_COOKIE,
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+];
+
+/// Rewrites the upstream's response headers, in place, into what the client receives. The
+/// upstream's `x-ratelimit-*` describe keygate's whole account, so they never reach a client.
 pub fn to_client(headers: &mut HeaderMap, request_id: &HeaderValue) {
     if headers.contains_key(header::CONNECTION) {
         remove_connection_listed(headers);
     }
-    for name in &HOP_BY_HOP {
+    for name in HOP_BY_HOP.iter().chain(&UPSTREAM_ONLY) {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
+    let account_limits: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-ratelimit-"))
+        .cloned()
+        .collect();
+    for name in account_limits {
+        headers.remove(name);
+    }
     headers.insert(&X_REQUEST_ID, request_id.clone());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_account_headers_never_reach_the_client() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("x-ratelimit-limit-requests", "10000"),
+            ("x-ratelimit-remaining-tokens", "5"),
+            ("openai-organization", "org-keygate"),
+            ("set-cookie", "__cf=1"),
+            ("content-type", "application/json"),
+        ] {
+            h.insert(HeaderName::from_static(n), v.parse().unwrap());
+        }
+        to_client(&mut h, &HeaderValue::from_static("req_1"));
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-request-id"], "req_1");
+        assert_eq!(h["content-type"], "application/json");
+    }
 
     #[test]
     fn client_credentials_and_connection_tricks_never_reach_upstream() {
@@ -112,6 +150,7 @@ mod tests {
         h.insert("upgrade", "websocket".parse().unwrap());
         h.insert("x-request-id", "spoofed".parse().unwrap());
         h.insert("content-type", "application/json".parse().unwrap());
+        h.insert("openai-organization", "org-other".parse().unwrap());
         let auth = HeaderValue::from_static("Bearer upstream");
         let rid = HeaderValue::from_static("req_1");
         to_upstream(&mut h, &auth, "192.0.2.1".parse().unwrap(), &rid);
