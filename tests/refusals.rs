@@ -436,3 +436,37 @@ async fn missing_upstream_key_is_502_and_nothing_is_sent() {
     assert_openai_error(&a, 502, "upstream_error");
     assert!(mock.requests().is_empty());
 }
+
+#[tokio::test]
+async fn environment_defaults_apply_to_keys_that_do_not_set_their_own() {
+    let mock = MockUpstream::start().await.unwrap();
+    let (inherits, h1) = TestKey::new("inherits");
+    let (own, h2) = TestKey::new("own");
+    let env =
+        "\n[environments.development]\nscopes = [\"chat\"]\nallowed_ips = [\"203.0.113.0/24\"]\n";
+    let keys = format!(
+        "{env}{}{}",
+        key_toml("inherits", &h1, "").replace("production", "development"),
+        key_toml("own", &h2, "allowed_ips = []").replace("production", "development"),
+    );
+    let gw = Gw::start(&config_text(&mock.url(), "", &keys)).await;
+    let url = gw.url("/v1/chat/completions");
+    // Inherits both the chat scope and the IP rule, which refuses 127.0.0.1.
+    assert_openai_error(
+        &post_json(&url, Some(&inherits), chat("deepseek-chat")).await,
+        403,
+        "ip_not_allowed",
+    );
+    // Its own (empty) allow-list wins over the environment's; the scope is still inherited.
+    assert_eq!(
+        post_json(&url, Some(&own), chat("deepseek-chat"))
+            .await
+            .status,
+        200
+    );
+    assert_openai_error(
+        &post_json(&url, Some(&own), chat("deepseek-coder")).await,
+        403,
+        "permission_denied",
+    );
+}
