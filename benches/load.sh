@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Load comparison in one run: the mock upstream directly vs the same requests through keygate,
-# at 1 and 64 connections, for plain and streaming chat completions.
+# Load comparison in one run: the mock upstream directly, through nginx as a plain reverse
+# proxy, and through keygate, at 1 and 64 connections, for plain and streaming chat.
 #
 # Decision informed: what keygate's full pipeline (authenticate, authorize, forward, usage
 # extraction, settle log line) costs over a direct connection, in throughput, latency and CPU
 # time per request. wrk runs on core 0; keygate and the mock share core 1, each with one worker
-# thread. Everything binds to 127.0.0.1. Usage: benches/load.sh [seconds per run, default 10]
+# thread (nginx: one process, access log on, buffering off). Everything binds to 127.0.0.1.
+# Usage: benches/load.sh [seconds per run, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 
-if ! command -v wrk >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null; else echo "load.sh needs wrk (apt-get install wrk)" >&2; exit 1; fi
-fi
+for tool in wrk nginx; do
+  if ! command -v "$tool" >/dev/null && ! [ -x "/usr/sbin/$tool" ]; then
+    if [ "$(id -u)" = 0 ]; then apt-get install -y -qq "$tool" >/dev/null; else echo "load.sh needs $tool (apt-get install $tool)" >&2; exit 1; fi
+  fi
+done
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release -q -p keygate -p mock-upstream
 bin=target/release
 tmp=$(mktemp -d)
@@ -63,6 +67,32 @@ kg_pid=$!
 pids+=($kg_pid)
 gw=$(wait_for "$tmp/keygate.log" 'addr=127\.0\.0\.1:[0-9]+' | cut -d= -f2)
 
+nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$tmp/nginx.conf" <<NGINX
+worker_processes 1;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log $tmp/nginx.access;
+  upstream mock { server $mock; keepalive 128; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer sk-bench";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+taskset -c 1 "$nginx_bin" -p "$tmp" -c "$tmp/nginx.conf" -g 'daemon off; master_process off;' &
+nginx_pid=$!
+pids+=($nginx_pid)
+for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null && break; sleep 0.05; done
+
 for mode in plain stream; do
   if [ "$mode" = stream ]; then extra=', "stream": true, "stream_options": {"include_usage": true}'; else extra=''; fi
   cat >"$tmp/$mode.lua" <<LUA
@@ -74,20 +104,24 @@ LUA
 done
 
 ticks=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$kg_pid/stat"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 to_us() { # wrk latency like 1.23ms / 456.00us / 1.2s -> microseconds
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1e6; else print n }'
 }
 
-printf '%-7s %-6s %-8s %10s %10s %10s %14s\n' mode conns target req/s p50_us p99_us keygate_cpu_us
+printf '%-7s %-6s %-8s %10s %10s %10s %14s\n' mode conns target req/s p50_us p99_us proxy_cpu_us
 for mode in plain stream; do
   for conns in 1 64; do
-    for target in direct keygate; do
-      if [ "$target" = direct ]; then addr=$mock; else addr=$gw; fi
-      before=$(cpu_ticks)
+    for target in direct nginx keygate; do
+      case $target in
+        direct) addr=$mock; pid=$kg_pid ;;
+        nginx) addr=127.0.0.1:$nginx_port; pid=$nginx_pid ;;
+        keygate) addr=$gw; pid=$kg_pid ;;
+      esac
+      before=$(cpu_ticks "$pid")
       taskset -c 0 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$tmp/$mode.lua" \
         "http://$addr/v1/chat/completions" >"$tmp/wrk.out"
-      after=$(cpu_ticks)
+      after=$(cpu_ticks "$pid")
       if grep -q 'Non-2xx' "$tmp/wrk.out"; then echo "non-2xx answers:" >&2; cat "$tmp/wrk.out" >&2; exit 1; fi
       rps=$(awk '/Requests\/sec/ {print $2}' "$tmp/wrk.out")
       reqs=$(awk '/requests in/ {print $1}' "$tmp/wrk.out")
