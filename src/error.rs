@@ -3,12 +3,14 @@
 //! compile until it has a status, a code and a message.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::access::Scope;
 use crate::auth::{AuthError, KeyFormatError};
+use crate::limits::RateHeaders;
 use crate::pipeline::body::ResponseBody;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +36,16 @@ pub enum Refusal {
     /// The upstream refused keygate's own credentials: an operator problem, never shown.
     UpstreamAuth,
     UpstreamKeyMissing,
+    /// A per-key rate limit: `limit` is requests, tokens or concurrency.
+    RateLimited {
+        limit: &'static str,
+        retry_after: Duration,
+        headers: RateHeaders,
+    },
+    /// The request alone needs more tokens than the key may use per minute.
+    TooManyTokens { headers: RateHeaders },
+    /// The key's monthly spending limit is reached; it resets with the next UTC month.
+    BudgetExceeded { retry_after: Duration },
 }
 
 impl Refusal {
@@ -56,6 +68,9 @@ impl Refusal {
                 StatusCode::BAD_GATEWAY
             }
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::RateLimited { .. } | Refusal::TooManyTokens { .. } | Refusal::BudgetExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -83,6 +98,8 @@ impl Refusal {
             | Refusal::UpstreamTimeout
             | Refusal::UpstreamAuth
             | Refusal::UpstreamKeyMissing => "upstream_error",
+            Refusal::RateLimited { .. } | Refusal::TooManyTokens { .. } => "rate_limit_exceeded",
+            Refusal::BudgetExceeded { .. } => "budget_exceeded",
         }
     }
 
@@ -112,6 +129,10 @@ impl Refusal {
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::UpstreamAuth => "upstream_auth",
             Refusal::UpstreamKeyMissing => "upstream_key_missing",
+            Refusal::RateLimited { limit: "requests", .. } => "rate_limited_requests",
+            Refusal::RateLimited { limit: "tokens", .. } | Refusal::TooManyTokens { .. } => "rate_limited_tokens",
+            Refusal::RateLimited { .. } => "rate_limited_concurrency",
+            Refusal::BudgetExceeded { .. } => "budget_exceeded",
         }
     }
 
@@ -171,6 +192,19 @@ impl Refusal {
             Refusal::UpstreamAuth | Refusal::UpstreamKeyMissing => {
                 "The gateway could not authenticate to the upstream API. The operator has been alerted."
             }
+            Refusal::RateLimited { limit: "requests", .. } => {
+                "Rate limit reached for requests per minute on this API key. Retry after the time in 'retry-after'."
+            }
+            Refusal::RateLimited { limit: "tokens", .. } => {
+                "Rate limit reached for tokens per minute on this API key. Retry after the time in 'retry-after'."
+            }
+            Refusal::RateLimited { .. } => "Too many concurrent requests on this API key.",
+            Refusal::TooManyTokens { .. } => {
+                "This request alone needs more tokens than this API key may use per minute; lower max_tokens or the prompt size."
+            }
+            Refusal::BudgetExceeded { .. } => {
+                "This API key has reached its monthly spending limit. It resets at the start of the next month (UTC)."
+            }
         })
     }
 
@@ -192,9 +226,29 @@ impl Refusal {
             HeaderValue::from_static("application/json"),
         );
         headers.insert("x-request-id", request_id.clone());
-        if matches!(self, Refusal::Auth(_)) {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            Refusal::Auth(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Refusal::RateLimited { retry_after, headers: rate, .. } => {
+                crate::pipeline::limit::set_rate_headers(headers, rate);
+                headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after));
+            }
+            Refusal::TooManyTokens { headers: rate } => {
+                crate::pipeline::limit::set_rate_headers(headers, rate);
+                headers.insert(header::RETRY_AFTER, retry_after_secs(Duration::from_secs(60)));
+            }
+            Refusal::BudgetExceeded { retry_after } => {
+                headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after));
+            }
+            _ => {}
         }
         response
     }
+}
+
+/// Whole seconds, rounded up, at least 1.
+fn retry_after_secs(d: Duration) -> HeaderValue {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }

@@ -9,6 +9,8 @@
 //! - [`auth`]: the key format and the key table.
 //! - [`access`]: client-IP resolution, CIDR and referrer rules, scopes.
 //! - [`upstream`]: the pooled upstream client, header hygiene, usage extraction.
+//! - [`limits`]: per-key request, token, concurrency and spend limits.
+//! - [`usage`]: cost, the SQLite usage ledger and its recorder.
 //! - [`error`]: every refusal mapped to a status, an OpenAI error body and a reason label.
 
 pub mod access;
@@ -16,7 +18,9 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod pipeline;
 pub mod server;
 pub mod state;
 pub mod upstream;
+pub mod usage;

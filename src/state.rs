@@ -11,7 +11,21 @@ use http::HeaderValue;
 
 use crate::auth::KeyStore;
 use crate::config::Config;
+use crate::limits::{Clock, LimitStore, MemoryStore};
 use crate::upstream::{UpstreamClient, client};
+use crate::usage::{Ledger, Recorder, calendar};
+
+/// Most usage events queued for the ledger before new ones are counted as dropped.
+const LEDGER_QUEUE: usize = 65_536;
+/// The ledger is written at least this often; a crash loses at most this much usage.
+pub const LEDGER_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Limits and usage accounting, shared by every request and outliving config reloads.
+pub struct Metering {
+    pub limits: Box<dyn LimitStore>,
+    pub recorder: Recorder,
+    pub clock: Arc<dyn Clock>,
+}
 
 pub struct Runtime {
     pub config: Config,
@@ -46,19 +60,35 @@ impl Runtime {
     }
 }
 
-/// What every request shares: the current snapshot and the upstream connection pool.
+/// What every request shares: the current snapshot, the upstream connection pool, metering.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub client: UpstreamClient,
+    pub metering: Arc<Metering>,
 }
 
 impl Gateway {
-    pub fn new(runtime: Runtime) -> Result<Self, rustls::Error> {
-        let client = client::build(runtime.config.upstream.connect_timeout)?;
-        Ok(Self {
-            runtime: ArcSwap::from_pointee(runtime),
-            client,
-        })
+    /// Opens the usage ledger, restores this month's spend from it, and starts the ledger
+    /// writer and the upstream pool.
+    pub fn start(runtime: Runtime, clock: Arc<dyn Clock>) -> Result<Self, String> {
+        let client = client::build(runtime.config.upstream.connect_timeout)
+            .map_err(|e| format!("cannot set up the upstream TLS client: {e}"))?;
+        let path = &runtime.config.storage.path;
+        let ledger = Ledger::open(path).map_err(|e| format!("storage.path: {e}"))?;
+        let limits = MemoryStore::new(clock.clone());
+        let month = calendar::month_index(clock.now_utc());
+        let spend = ledger
+            .month_spend(month)
+            .map_err(|e| format!("storage.path: cannot read {}: {e}", path.display()))?;
+        for key in &runtime.config.keys {
+            if let Some(spent) = spend.get(&*key.id) {
+                limits.seed_spend(&key.id, month, *spent);
+            }
+        }
+        let recorder = Recorder::start(ledger, LEDGER_QUEUE, LEDGER_FLUSH_EVERY)
+            .map_err(|e| format!("cannot start the ledger writer: {e}"))?;
+        let metering = Arc::new(Metering { limits: Box::new(limits), recorder, clock });
+        Ok(Self { runtime: ArcSwap::from_pointee(runtime), client, metering })
     }
 
     /// The current snapshot; hold it for the whole request.

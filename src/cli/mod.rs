@@ -3,6 +3,7 @@
 pub mod check;
 pub mod keys;
 pub mod serve;
+pub mod usage;
 
 use std::path::PathBuf;
 
@@ -39,6 +40,18 @@ pub enum Command {
     Check {
         #[arg(long, default_value = "config/keygate.toml")]
         config: PathBuf,
+    },
+    /// Usage per key and day, with totals; works whether or not the gateway runs.
+    Usage {
+        /// Only this key.
+        key_id: Option<String>,
+        #[arg(long, default_value = "config/keygate.toml")]
+        config: PathBuf,
+        /// How many days back, today included.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long, value_enum, default_value_t = usage::Format::Table)]
+        format: usage::Format,
     },
     /// Manage keys.
     #[command(subcommand)]

@@ -6,8 +6,12 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::limits::SystemClock;
 use crate::server;
 use crate::state::{Gateway, Runtime};
+
+/// How long exit waits for the ledger to take the last usage events.
+const LEDGER_SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn run(path: &Path) -> ExitCode {
     let config = match crate::config::load(path) {
@@ -38,22 +42,11 @@ pub async fn run(path: &Path) -> ExitCode {
         );
     }
     let keys = runtime.config.keys.len();
-    let limited = runtime
-        .config
-        .keys
-        .iter()
-        .filter(|k| k.limits != Default::default())
-        .count();
-    if limited > 0 {
-        tracing::warn!(
-            keys = limited,
-            "per-key limits are validated but NOT enforced by this version of keygate"
-        );
-    }
-    let gw = match Gateway::new(runtime) {
+
+    let gw = match Gateway::start(runtime, Arc::new(SystemClock::new())) {
         Ok(gw) => Arc::new(gw),
         Err(e) => {
-            tracing::error!("cannot set up the upstream TLS client: {e}");
+            tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -68,7 +61,14 @@ pub async fn run(path: &Path) -> ExitCode {
         .local_addr()
         .map_or_else(|_| listen.to_string(), |a| a.to_string());
     tracing::info!(%addr, keys, tls = tls.is_some(), "keygate listening");
-    server::run(listener, gw, tls, shutdown_signal()).await;
+    server::run(listener, gw.clone(), tls, shutdown_signal()).await;
+    let recorder = &gw.metering.recorder;
+    if !recorder.flush(LEDGER_SHUTDOWN_FLUSH) {
+        tracing::error!("the usage ledger could not be flushed before exit");
+    }
+    if recorder.dropped() > 0 {
+        tracing::error!(dropped = recorder.dropped(), "usage events were dropped while running");
+    }
     tracing::info!("keygate stopped");
     ExitCode::SUCCESS
 }

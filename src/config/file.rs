@@ -92,6 +92,7 @@ pub struct RawLimits {
     pub tokens_per_minute: Option<u64>,
     pub monthly_spend_usd: Option<f64>,
     pub max_concurrent_requests: Option<u64>,
+    pub default_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

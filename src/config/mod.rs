@@ -172,6 +172,8 @@ pub struct Limits {
     pub tokens_per_minute: Option<NonZeroU32>,
     pub monthly_spend_micros: Option<u64>,
     pub max_concurrent_requests: Option<NonZeroU32>,
+    /// Completion tokens reserved for a request that sets no `max_tokens`.
+    pub default_max_tokens: Option<NonZeroU32>,
 }
 
 /// A rotated-out secret that stays valid until `expires`.

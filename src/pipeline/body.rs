@@ -11,8 +11,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::settle::{Outcome, Settlement};
+use super::settle::{Outcome, Seen, Settlement};
 use crate::upstream::UsageScanner;
+use crate::upstream::usage_strip::UsageStripper;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -65,6 +66,8 @@ pub struct IdleTimeout(Duration);
 pub struct Metered {
     inner: Incoming,
     scanner: UsageScanner,
+    /// Set when keygate asked for usage the client did not: takes it back out.
+    stripper: Option<UsageStripper>,
     /// `Some` until the request is settled.
     settlement: Option<Settlement>,
     idle_timeout: Duration,
@@ -77,6 +80,7 @@ impl Metered {
     pub fn new(
         inner: Incoming,
         scanner: UsageScanner,
+        stripper: Option<UsageStripper>,
         settlement: Settlement,
         idle_timeout: Duration,
     ) -> Self {
@@ -84,6 +88,7 @@ impl Metered {
         Self {
             inner,
             scanner,
+            stripper,
             settlement: Some(settlement),
             idle_timeout,
             last_frame: now,
@@ -93,37 +98,58 @@ impl Metered {
 
     fn settle(&mut self, outcome: Outcome) {
         if let Some(s) = self.settlement.take() {
-            let usage = self.scanner.finish();
-            s.finish(outcome, usage);
+            let seen = Seen {
+                usage: self.scanner.finish(),
+                content_chunks: self.scanner.content_chunks(),
+            };
+            s.finish(outcome, seen);
         }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.settlement.is_none() {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.scanner.feed(data);
+        loop {
+            if self.settlement.is_none() {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.last_frame = Instant::now();
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    };
+                    self.scanner.feed(&data);
+                    let mut data = match self.stripper.as_mut() {
+                        Some(s) => s.process(&data),
+                        None => data,
+                    };
+                    // With a Content-Length, hyper stops polling once that many bytes are out
+                    // and drops the body: settle now, while this is known to be the whole answer.
+                    let ended = self.inner.is_end_stream();
+                    if ended {
+                        if let Some(rest) = self.stripper.as_mut().map(UsageStripper::finish) {
+                            data = [data, rest].concat().into();
+                        }
+                        self.settle(Outcome::Completed);
+                    }
+                    if data.is_empty() {
+                        if ended {
+                            return Poll::Ready(None);
+                        }
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                self.last_frame = Instant::now();
-                // With a Content-Length, hyper stops polling once that many bytes are out and
-                // drops the body: settle now, while this is known to be the whole answer.
-                if self.inner.is_end_stream() {
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(target: "keygate::upstream", error = %e, "upstream answer broke off");
+                    self.settle(Outcome::UpstreamError);
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => {
+                    let rest = self.stripper.as_mut().map(UsageStripper::finish).filter(|b| !b.is_empty());
                     self.settle(Outcome::Completed);
+                    return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(target: "keygate::upstream", error = %e, "upstream answer broke off");
-                self.settle(Outcome::UpstreamError);
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                self.settle(Outcome::Completed);
-                Poll::Ready(None)
-            }
             Poll::Pending => loop {
                 if self.idle.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
@@ -136,6 +162,7 @@ impl Metered {
                 }
                 self.idle.as_mut().reset(deadline);
             },
+            }
         }
     }
 }

@@ -2,10 +2,12 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
 use rand::RngCore;
+
+use crate::config::Model;
 
 pub struct RequestCtx {
     /// `req_` + 32 hex digits; sent upstream and back to the client.
@@ -13,8 +15,14 @@ pub struct RequestCtx {
     pub started: Instant,
     pub client_ip: Option<IpAddr>,
     pub key_id: Option<Arc<str>>,
-    /// The configured model's name (never a client string).
-    pub model: Option<Arc<str>>,
+    /// The configured model (never a client string).
+    pub model: Option<Arc<Model>>,
+    /// Prompt tokens estimated from the body, billed if the upstream never reports usage.
+    pub prompt_estimate: u64,
+    /// UTC start: the day and month the request counts in.
+    pub started_utc: SystemTime,
+    /// keygate added `include_usage` to a stream, so it must strip the usage back out.
+    pub strip_usage: bool,
     /// Route template, or `"unmatched"`.
     pub endpoint: &'static str,
     pub stream: bool,
@@ -24,24 +32,21 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new() -> Self {
+    pub fn new(started_utc: SystemTime) -> Self {
         Self {
             id: new_request_id(),
             started: Instant::now(),
+            started_utc,
             client_ip: None,
             key_id: None,
             model: None,
+            prompt_estimate: 0,
             endpoint: "unmatched",
             stream: false,
+            strip_usage: false,
             upstream_started: None,
             upstream_first_byte: None,
         }
-    }
-}
-
-impl Default for RequestCtx {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -9,6 +9,7 @@ pub mod authorize;
 pub mod body;
 pub mod ctx;
 pub mod forward;
+pub mod limit;
 pub mod request_json;
 pub mod route;
 pub mod settle;
@@ -16,7 +17,6 @@ pub mod settle;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Request, Response, header};
@@ -25,10 +25,11 @@ use hyper::body::Incoming;
 use self::body::{Metered, ResponseBody};
 use self::ctx::RequestCtx;
 use self::route::{RouteError, RouteKind};
-use self::settle::{Outcome, Settlement};
+use self::settle::{Outcome, Seen, Settlement};
 use crate::error::Refusal;
 use crate::state::{Gateway, Runtime};
 use crate::upstream::UsageScanner;
+use crate::upstream::usage_strip::UsageStripper;
 
 /// What the pipeline produced for a request it did not refuse.
 enum Answer {
@@ -45,12 +46,16 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let rt = gw.runtime();
-    let mut settlement = Settlement::new(RequestCtx::new());
+    let metering = gw.metering.clone();
+    let mut settlement = Settlement::new(RequestCtx::new(metering.clock.now_utc()), metering);
     let response = match process(&gw, &rt, peer, req, &mut settlement).await {
         Ok(Answer::Stream(response)) => {
             settlement.set_status(response.status().as_u16());
             let (mut parts, incoming) = response.into_parts();
             crate::upstream::headers::to_client(&mut parts.headers, &settlement.ctx.id);
+            if let Some(admission) = &settlement.admission {
+                limit::set_rate_headers(&mut parts.headers, &admission.headers);
+            }
             let scanner = UsageScanner::for_content_type(
                 parts
                     .headers
@@ -58,19 +63,23 @@ pub async fn handle(
                     .map(|v| v.as_bytes()),
             );
             let idle = rt.config.upstream.idle_timeout;
-            let body = Metered::new(incoming, scanner, settlement, idle);
+            let stripper = settlement.ctx.strip_usage.then(UsageStripper::default);
+            let body = Metered::new(incoming, scanner, stripper, settlement, idle);
             Response::from_parts(parts, ResponseBody::Metered(Box::new(body)))
         }
-        Ok(Answer::Rebuilt(response)) => {
+        Ok(Answer::Rebuilt(mut response)) => {
             settlement.set_status(response.status().as_u16());
-            settlement.finish(Outcome::Completed, None);
+            if let Some(admission) = &settlement.admission {
+                limit::set_rate_headers(response.headers_mut(), &admission.headers);
+            }
+            settlement.finish(Outcome::Completed, Seen::default());
             response
         }
         Err(refusal) => {
             log_refusal(&refusal, &settlement.ctx);
             settlement.set_status(refusal.status().as_u16());
             let response = refusal.to_response(&settlement.ctx.id);
-            settlement.finish(Outcome::Refused(refusal.reason()), None);
+            settlement.finish(Outcome::Refused(refusal.reason()), Seen::default());
             response
         }
     };
@@ -90,7 +99,7 @@ async fn process(
     // The path is checked before the key so that a refusal for a bad path never depends on
     // whether the key is valid.
     route::check_canonical(req.uri().path()).map_err(|_| Refusal::NotCanonical)?;
-    let key = authenticate::authenticate(req.headers(), &rt.keys, SystemTime::now())?;
+    let key = authenticate::authenticate(req.headers(), &rt.keys, ctx.started_utc)?;
     ctx.key_id = Some(key.id.clone());
 
     let (parts, body) = req.into_parts();
@@ -107,11 +116,14 @@ async fn process(
 
     if let (RouteKind::RetrieveModel, Some(name)) = (route.kind, route.param) {
         let model = authorize::authorize_listed_model(key, &config.models, name)?;
-        ctx.model = Some(model.name.clone());
+        ctx.model = Some(model.clone());
     }
 
     let body = forward::read_body(body, &parts.headers, &config.server.limits).await?;
-    authorize_body(rt, key, &route, &parts.headers, &body, ctx)?;
+    let plan = authorize_body(rt, key, &route, &parts.headers, &body, ctx)?;
+    let admission = limit::limit(&gw.metering, key, route.kind, body.len(), plan.max_tokens, ctx)?;
+    settlement.admission = Some(admission);
+    let body = plan.rewritten.map_or(body, Bytes::from);
 
     let path = route.path;
     let list_models = route.kind == RouteKind::ListModels;
@@ -134,6 +146,15 @@ async fn process(
     Ok(Answer::Stream(response))
 }
 
+/// What the body decided about the rest of the request.
+#[derive(Default)]
+struct BodyPlan {
+    /// The completion cap the client asked for.
+    max_tokens: Option<u64>,
+    /// The body to forward instead, when keygate must ask a stream for its usage.
+    rewritten: Option<Vec<u8>>,
+}
+
 /// Reads model and stream flags from a JSON body and authorizes the model.
 fn authorize_body(
     rt: &Runtime,
@@ -142,7 +163,7 @@ fn authorize_body(
     headers: &http::HeaderMap,
     body: &Bytes,
     ctx: &mut RequestCtx,
-) -> Result<(), Refusal> {
+) -> Result<BodyPlan, Refusal> {
     let is_json = headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
         let ct = ct.as_bytes().trim_ascii_start();
         ct.len() >= 16 && ct[..16].eq_ignore_ascii_case(b"application/json")
@@ -155,7 +176,7 @@ fn authorize_body(
         ));
     }
     if !has_body {
-        return Ok(());
+        return Ok(BodyPlan::default());
     }
     if !is_json {
         // keygate cannot read which model a multipart (or other) body asks for, so it could
@@ -165,7 +186,7 @@ fn authorize_body(
                 "keygate only forwards JSON bodies on routes that choose a model.".into(),
             ));
         }
-        return Ok(());
+        return Ok(BodyPlan::default());
     }
     let fields = request_json::parse(body, rt.config.server.limits.max_json_depth)
         .map_err(|e| Refusal::InvalidRequest(e.to_string().into()))?;
@@ -173,19 +194,25 @@ fn authorize_body(
     match fields.model.as_deref() {
         Some(name) => {
             let model = authorize::authorize_model(key, &rt.config.models, route, name)?;
-            ctx.model = Some(model.name.clone());
+            ctx.model = Some(model.clone());
         }
-        None if route.kind.requires_model() => {
+        // Without a model the upstream would pick its default, which keygate cannot price.
+        None if route.kind.may_name_model() => {
             return Err(Refusal::InvalidRequest(
                 "The request body must name a 'model'.".into(),
             ));
         }
-        None if key.models.is_some() && route.kind.may_name_model() => {
-            return Err(Refusal::ModelNotAllowed);
-        }
         None => {}
     }
-    Ok(())
+    let mut plan = BodyPlan { max_tokens: fields.max_tokens, rewritten: None };
+    let streams_tokens = matches!(route.kind, RouteKind::ChatCompletions | RouteKind::Completions);
+    if fields.stream && streams_tokens && fields.include_usage != Some(true) {
+        let rewritten = request_json::with_include_usage(body, &fields)
+            .map_err(|e| Refusal::InvalidRequest(e.to_string().into()))?;
+        plan.rewritten = Some(rewritten);
+        ctx.strip_usage = true;
+    }
+    Ok(plan)
 }
 
 fn log_refusal(refusal: &Refusal, ctx: &RequestCtx) {

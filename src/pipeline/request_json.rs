@@ -19,6 +19,8 @@ pub struct RequestFields<'a> {
     pub stream: bool,
     pub max_tokens: Option<u64>,
     pub include_usage: Option<bool>,
+    /// The body has a `stream_options` member (whatever its value).
+    pub has_stream_options: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -37,6 +39,41 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<RequestFields<'_>, BodyErr
         .and_then(|f| de.end().map(|()| f))
         .map_err(|e| BodyError::Invalid(e.to_string()))?;
     Ok(fields)
+}
+
+/// The body with `stream_options.include_usage` set to true, so a stream reports its usage.
+/// When the body has no `stream_options`, the member is appended before the closing brace and
+/// every other byte stays as the client sent it; otherwise the object is rewritten (member
+/// order is preserved).
+pub fn with_include_usage(body: &[u8], fields: &RequestFields<'_>) -> Result<Vec<u8>, BodyError> {
+    const MEMBER: &[u8] = b",\"stream_options\":{\"include_usage\":true}";
+    let trimmed = body.trim_ascii_end();
+    if !fields.has_stream_options {
+        if let Some(head) = trimmed.strip_suffix(b"}") {
+            if head.trim_ascii_end().len() > 1 {
+                let mut out = Vec::with_capacity(body.len() + MEMBER.len());
+                out.extend_from_slice(head);
+                out.extend_from_slice(MEMBER);
+                out.push(b'}');
+                return Ok(out);
+            }
+        }
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| BodyError::Invalid(e.to_string()))?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(BodyError::Invalid("not an object".into()));
+    };
+    let options = object
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if !options.is_object() {
+        *options = serde_json::Value::Object(serde_json::Map::new());
+    }
+    if let Some(o) = options.as_object_mut() {
+        o.insert("include_usage".into(), serde_json::Value::Bool(true));
+    }
+    serde_json::to_vec(&value).map_err(|e| BodyError::Invalid(e.to_string()))
 }
 
 /// One pass over the bytes counting `[`/`{` nesting outside strings.
@@ -153,6 +190,7 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                     fields.max_tokens = fields.max_tokens.max(v);
                 }
                 "stream_options" => {
+                    fields.has_stream_options = true;
                     fields.include_usage =
                         map.next_value::<Option<StreamOptions>>()?.and_then(|o| o.0)
                 }
@@ -214,6 +252,21 @@ mod tests {
             parse(br#"{"input":"x"}"#, 128).unwrap(),
             RequestFields::default()
         );
+    }
+
+    #[test]
+    fn include_usage_is_added_without_touching_other_bytes() {
+        let body = b"{ \"model\": \"m\", \"stream\": true }\n";
+        let f = parse(body, 128).unwrap();
+        let out = with_include_usage(body, &f).unwrap();
+        assert_eq!(out, b"{ \"model\": \"m\", \"stream\": true ,\"stream_options\":{\"include_usage\":true}}");
+        let body = br#"{"model":"m","stream_options":{"include_usage":false,"x":1},"stream":true}"#;
+        let f = parse(body, 128).unwrap();
+        let out = with_include_usage(body, &f).unwrap();
+        assert_eq!(out, br#"{"model":"m","stream_options":{"include_usage":true,"x":1},"stream":true}"#);
+        let body = br#"{"model":"m","stream_options":null}"#;
+        let out = with_include_usage(body, &parse(body, 128).unwrap()).unwrap();
+        assert_eq!(out, br#"{"model":"m","stream_options":{"include_usage":true}}"#);
     }
 
     #[test]

@@ -3,13 +3,18 @@
 //! A [`Settlement`] is created when a request arrives and travels with it: into the response
 //! body when the answer streams. It is finished explicitly on completion, refusal or upstream
 //! failure; if it is dropped unfinished (client gone mid-request or mid-stream) its `Drop`
-//! settles the request as aborted. Today it writes one structured log line; metering and
-//! metrics hang here next.
+//! settles the request as aborted. Settling replaces the limit reservation by the real usage,
+//! queues a usage event for the ledger, and writes one structured log line.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::ctx::RequestCtx;
+use crate::limits::Admission;
+use crate::limits::estimate;
+use crate::state::Metering;
 use crate::upstream::Usage;
+use crate::usage::{UsageEvent, cost};
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,19 +46,27 @@ impl Outcome {
 /// Status reported for a client that left before any status was sent (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
 
+/// What the response body saw of the answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    /// Usage the upstream reported, if it did.
+    pub usage: Option<Usage>,
+    /// Streamed events that carried content.
+    pub content_chunks: u64,
+}
+
 pub struct Settlement {
     pub ctx: RequestCtx,
     status: u16,
     done: bool,
+    metering: Arc<Metering>,
+    /// The limit reservation to settle, once the request was admitted.
+    pub admission: Option<Admission>,
 }
 
 impl Settlement {
-    pub fn new(ctx: RequestCtx) -> Self {
-        Self {
-            ctx,
-            status: CLIENT_CLOSED,
-            done: false,
-        }
+    pub fn new(ctx: RequestCtx, metering: Arc<Metering>) -> Self {
+        Self { ctx, status: CLIENT_CLOSED, done: false, metering, admission: None }
     }
 
     /// Records the status sent to the client.
@@ -61,23 +74,59 @@ impl Settlement {
         self.status = status;
     }
 
-    pub fn finish(mut self, outcome: Outcome, usage: Option<Usage>) {
-        self.record(outcome, usage);
+    pub fn finish(mut self, outcome: Outcome, seen: Seen) {
+        self.record(outcome, seen);
     }
 
-    fn record(&mut self, outcome: Outcome, usage: Option<Usage>) {
+    /// The tokens the request is billed for, and whether they are an estimate. Usage the
+    /// upstream reported wins. Without it, a request that reached the upstream and did not get
+    /// an error answer is billed its prompt estimate plus what was streamed.
+    fn billed(&self, outcome: Outcome, seen: Seen) -> (Usage, bool) {
+        if let Some(usage) = seen.usage {
+            return (usage, false);
+        }
+        let reached_upstream = self.ctx.upstream_started.is_some() && self.ctx.prompt_estimate > 0;
+        let upstream_refused = outcome == Outcome::Completed && self.status >= 400;
+        if !reached_upstream || upstream_refused || matches!(outcome, Outcome::Refused(_)) {
+            return (Usage::default(), false);
+        }
+        let usage = Usage {
+            prompt_tokens: self.ctx.prompt_estimate,
+            cached_prompt_tokens: 0,
+            completion_tokens: estimate::streamed_completion_tokens(seen.content_chunks, 0),
+        };
+        (usage, true)
+    }
+
+    fn record(&mut self, outcome: Outcome, seen: Seen) {
         if self.done {
             return;
         }
         self.done = true;
+        let (usage, estimated) = self.billed(outcome, seen);
         let ctx = &self.ctx;
+        let cost_micros = ctx.model.as_ref().map_or(0, |m| cost::of_usage(&m.price, &usage));
+        if let Some(admission) = self.admission.take() {
+            let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+            self.metering.limits.settle(admission, tokens, cost_micros);
+        }
         let now = Instant::now();
-        let latency_ms = now.duration_since(ctx.started).as_secs_f64() * 1e3;
-        let upstream_ms = ctx
-            .upstream_started
-            .map(|t| now.duration_since(t).as_secs_f64() * 1e3);
-        let ttfb_ms = ctx.upstream_first_byte.map(|d| d.as_secs_f64() * 1e3);
-        let usage = usage.unwrap_or_default();
+        let latency = now.duration_since(ctx.started);
+        if let Some(key_id) = &ctx.key_id {
+            self.metering.recorder.record(UsageEvent {
+                request_id: UsageEvent::request_id_of(&ctx.id),
+                key_id: key_id.clone(),
+                model: ctx.model.as_ref().map(|m| m.name.clone()),
+                started: ctx.started_utc,
+                finished: ctx.started_utc + latency,
+                error: self.status >= 400,
+                usage,
+                cost_micros,
+                estimated,
+                latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let reason = match outcome {
             Outcome::Refused(reason) => reason,
             _ => "",
@@ -86,19 +135,21 @@ impl Settlement {
             target: "keygate::request",
             request_id = ctx.id.to_str().unwrap_or(""),
             key = ctx.key_id.as_deref().unwrap_or("-"),
-            model = ctx.model.as_deref().unwrap_or("-"),
+            model = ctx.model.as_ref().map_or("-", |m| &*m.name),
             endpoint = ctx.endpoint,
             client_ip = ?ctx.client_ip,
             stream = ctx.stream,
             status = self.status,
             outcome = outcome.label(),
             reason,
-            latency_ms,
-            upstream_ms,
-            ttfb_ms,
+            latency_ms = ms(latency),
+            upstream_ms = ctx.upstream_started.map(|t| ms(now.duration_since(t))),
+            ttfb_ms = ctx.upstream_first_byte.map(ms),
             prompt_tokens = usage.prompt_tokens,
             cached_prompt_tokens = usage.cached_prompt_tokens,
             completion_tokens = usage.completion_tokens,
+            cost_micros,
+            estimated,
             "request"
         );
     }
@@ -106,6 +157,6 @@ impl Settlement {
 
 impl Drop for Settlement {
     fn drop(&mut self) {
-        self.record(Outcome::ClientAborted, None);
+        self.record(Outcome::ClientAborted, Seen::default());
     }
 }

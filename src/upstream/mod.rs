@@ -4,6 +4,7 @@
 pub mod client;
 pub mod headers;
 pub mod usage;
+pub mod usage_strip;
 
 pub use client::UpstreamClient;
 pub use usage::{Usage, UsageScanner};

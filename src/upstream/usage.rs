@@ -65,6 +65,7 @@ pub enum UsageScanner {
         partial: Vec<u8>,
         overflow: bool,
         usage: Option<Usage>,
+        content_chunks: u64,
     },
     Json {
         prev: Vec<u8>,
@@ -85,6 +86,7 @@ impl UsageScanner {
                 partial: Vec::new(),
                 overflow: false,
                 usage: None,
+                content_chunks: 0,
             }
         } else if starts(b"application/json") {
             UsageScanner::Json {
@@ -102,7 +104,8 @@ impl UsageScanner {
                 partial,
                 overflow,
                 usage,
-            } => feed_sse(partial, overflow, usage, chunk),
+                content_chunks,
+            } => feed_sse(partial, overflow, &mut Seen { usage, content_chunks }, chunk),
             UsageScanner::Json { prev, cur } => {
                 if cur.len() + chunk.len() > JSON_HALF_WINDOW && !cur.is_empty() {
                     std::mem::swap(prev, cur);
@@ -122,10 +125,11 @@ impl UsageScanner {
                 partial,
                 overflow,
                 usage,
+                content_chunks,
             } => {
                 if !partial.is_empty() && !*overflow {
                     let line = std::mem::take(partial);
-                    sse_line(&line, usage);
+                    sse_line(&line, &mut Seen { usage, content_chunks });
                 }
                 *usage
             }
@@ -137,20 +141,34 @@ impl UsageScanner {
             UsageScanner::None => None,
         }
     }
+
+    /// Streamed events that carried content (each is about one completion token).
+    pub fn content_chunks(&self) -> u64 {
+        match self {
+            UsageScanner::Sse { content_chunks, .. } => *content_chunks,
+            _ => 0,
+        }
+    }
 }
 
-fn feed_sse(partial: &mut Vec<u8>, overflow: &mut bool, usage: &mut Option<Usage>, chunk: &[u8]) {
+/// What an SSE line can tell.
+struct Seen<'a> {
+    usage: &'a mut Option<Usage>,
+    content_chunks: &'a mut u64,
+}
+
+fn feed_sse(partial: &mut Vec<u8>, overflow: &mut bool, seen: &mut Seen<'_>, chunk: &[u8]) {
     let mut rest = chunk;
     while let Some(nl) = memchr::memchr(b'\n', rest) {
         let (line, after) = rest.split_at(nl);
         rest = &after[1..];
         if partial.is_empty() && !*overflow {
-            sse_line(line, usage);
+            sse_line(line, seen);
         } else {
             if !*overflow {
                 partial.extend_from_slice(line);
                 let whole = std::mem::take(partial);
-                sse_line(&whole, usage);
+                sse_line(&whole, seen);
             }
             partial.clear();
             *overflow = false;
@@ -166,16 +184,19 @@ fn feed_sse(partial: &mut Vec<u8>, overflow: &mut bool, usage: &mut Option<Usage
     }
 }
 
-fn sse_line(line: &[u8], usage: &mut Option<Usage>) {
+fn sse_line(line: &[u8], seen: &mut Seen<'_>) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Some(data) = line.strip_prefix(b"data:") else {
         return;
     };
+    if memmem::find(data, b"\"content\":\"").is_some() {
+        *seen.content_chunks += 1;
+    }
     if memmem::find(data, USAGE_KEY).is_none() {
         return;
     }
     if let Ok(Chunk { usage: Some(raw) }) = serde_json::from_slice::<Chunk>(data) {
-        *usage = Some(raw.into());
+        *seen.usage = Some(raw.into());
     }
 }
 

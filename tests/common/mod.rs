@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use keygate::auth::ApiKey;
+use keygate::limits::{Clock, SystemClock};
 use keygate::state::{Gateway, Runtime};
 #[allow(unused_imports)]
 pub use mock_upstream::{MockUpstream, UPSTREAM_SECRET_TEXT};
@@ -90,6 +91,8 @@ pub fn config_text(upstream: &str, server_extra: &str, rest: &str) -> String {
 pub struct Gw {
     pub addr: SocketAddr,
     pub gateway: Arc<Gateway>,
+    /// Holds the usage ledger unless the config names its own `[storage]`.
+    pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -101,27 +104,33 @@ impl Gw {
     }
 
     pub async fn start_with_key(config: &str, upstream_key: Option<&str>) -> Self {
-        let config = keygate::config::from_str(config, std::path::Path::new("."))
+        Self::start_with_clock(config, upstream_key, Arc::new(SystemClock::new())).await
+    }
+
+    pub async fn start_with_clock(config: &str, upstream_key: Option<&str>, clock: Arc<dyn Clock>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = config.to_owned();
+        if !text.contains("[storage]") {
+            text.push_str(&format!("\n[storage]\npath = \"{}\"\n", dir.path().join("keygate.db").display()));
+        }
+        let config = keygate::config::from_str(&text, dir.path())
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let gateway =
-            Arc::new(Gateway::new(Runtime::with_upstream_key(config, upstream_key)).unwrap());
+        let runtime = Runtime::with_upstream_key(config, upstream_key);
+        let gateway = Arc::new(Gateway::start(runtime, clock).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(keygate::server::run(
-            listener,
-            gateway.clone(),
-            None,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        Self {
-            addr,
-            gateway,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        let task = tokio::spawn(keygate::server::run(listener, gateway.clone(), None, async {
+            let _ = stopped.await;
+        }));
+        Self { addr, gateway, dir, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Waits until every usage event so far is in the ledger, then opens it for reading.
+    pub fn ledger(&self) -> keygate::usage::Ledger {
+        assert!(self.gateway.metering.recorder.flush(Duration::from_secs(10)));
+        let path = &self.gateway.runtime().config.storage.path;
+        keygate::usage::Ledger::open_read_only(path).unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,201 @@
+//! `keygate usage`: per key and day, requests, errors, tokens by kind and cost, with totals,
+//! daily average, peak day, error rate, cost per request and per 1k tokens. Reads the ledger
+//! directly, so it works whether or not the gateway is running.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::ValueEnum;
+use serde_json::json;
+
+use crate::usage::calendar;
+use crate::usage::ledger::{DailyRow, Ledger};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+/// Micro-dollars as a USD string with all six decimals.
+pub fn usd(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+/// `part / whole` as a percentage with two decimals.
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "0.00%".into();
+    }
+    let hundredths = u128::from(part) * 10_000 / u128::from(whole);
+    format!("{}.{:02}%", hundredths / 100, hundredths % 100)
+}
+
+#[derive(Default)]
+struct Totals {
+    requests: u64,
+    errors: u64,
+    prompt: u64,
+    cached: u64,
+    completion: u64,
+    cost: u64,
+    estimated: u64,
+    by_day: BTreeMap<String, u64>,
+}
+
+impl Totals {
+    fn add(&mut self, r: &DailyRow) {
+        self.requests += r.requests;
+        self.errors += r.errors;
+        self.prompt += r.prompt_tokens;
+        self.cached += r.cached_prompt_tokens;
+        self.completion += r.completion_tokens;
+        self.cost += r.cost_micros;
+        self.estimated += r.estimated;
+        *self.by_day.entry(r.day.clone()).or_default() += r.cost_micros;
+    }
+
+    fn peak_day(&self) -> Option<(&String, &u64)> {
+        self.by_day.iter().max_by_key(|(day, cost)| (**cost, std::cmp::Reverse((*day).clone())))
+    }
+
+    fn per_request(&self) -> u64 {
+        self.cost.checked_div(self.requests).unwrap_or(0)
+    }
+
+    fn per_1k_tokens(&self) -> u64 {
+        let tokens = self.prompt + self.completion;
+        u64::try_from(u128::from(self.cost) * 1000 / u128::from(tokens.max(1))).unwrap_or(u64::MAX)
+    }
+}
+
+pub fn run(config_path: &Path, key: Option<&str>, days: u32, format: Format) -> ExitCode {
+    let config = match crate::config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            e.problems.iter().for_each(|p| eprintln!("error: {p}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let ledger = match Ledger::open_read_only(&config.storage.path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let days = days.max(1);
+    let since = calendar::day(SystemTime::now() - Duration::from_secs(u64::from(days - 1) * 86_400));
+    let rows = match ledger.daily(key, &since) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("error: cannot read the usage ledger: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut totals: BTreeMap<&str, Totals> = BTreeMap::new();
+    for r in &rows {
+        totals.entry(&r.key_id).or_default().add(r);
+    }
+    print!("{}", render(&rows, &totals, &since, days, format));
+    ExitCode::SUCCESS
+}
+
+fn render(rows: &[DailyRow], totals: &BTreeMap<&str, Totals>, since: &str, days: u32, format: Format) -> String {
+    let mut out = String::new();
+    match format {
+        Format::Csv => {
+            out.push_str("key_id,day,model,requests,errors,prompt_tokens,cached_prompt_tokens,completion_tokens,cost_usd,estimated,avg_latency_ms\n");
+            for r in rows {
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{},{},{},{}",
+                    r.key_id,
+                    r.day,
+                    r.model,
+                    r.requests,
+                    r.errors,
+                    r.prompt_tokens,
+                    r.cached_prompt_tokens,
+                    r.completion_tokens,
+                    usd(r.cost_micros),
+                    r.estimated,
+                    r.latency_ms_sum.checked_div(r.requests).unwrap_or(0)
+                );
+            }
+        }
+        Format::Json => {
+            let keys: Vec<_> = totals
+                .iter()
+                .map(|(key, t)| {
+                    json!({
+                        "key_id": key,
+                        "requests": t.requests,
+                        "errors": t.errors,
+                        "error_rate": percent(t.errors, t.requests),
+                        "prompt_tokens": t.prompt,
+                        "cached_prompt_tokens": t.cached,
+                        "completion_tokens": t.completion,
+                        "estimated": t.estimated,
+                        "cost_micros": t.cost,
+                        "cost_usd": usd(t.cost),
+                        "daily_average_usd": usd(t.cost / u64::from(days)),
+                        "peak_day": t.peak_day().map(|(d, c)| json!({"day": d, "cost_usd": usd(*c)})),
+                        "cost_per_request_usd": usd(t.per_request()),
+                        "cost_per_1k_tokens_usd": usd(t.per_1k_tokens()),
+                    })
+                })
+                .collect();
+            let body = json!({"since": since, "days": days, "rows": rows, "keys": keys});
+            let _ = writeln!(out, "{body:#}");
+        }
+        Format::Table => {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<10} {:<18} {:>9} {:>7} {:>10} {:>10} {:>11} {:>12} {:>5}",
+                "KEY", "DAY", "MODEL", "REQUESTS", "ERRORS", "PROMPT", "CACHED", "COMPLETION", "COST_USD", "EST"
+            );
+            for r in rows {
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:<10} {:<18} {:>9} {:>7} {:>10} {:>10} {:>11} {:>12} {:>5}",
+                    r.key_id,
+                    r.day,
+                    if r.model.is_empty() { "-" } else { &r.model },
+                    r.requests,
+                    r.errors,
+                    r.prompt_tokens,
+                    r.cached_prompt_tokens,
+                    r.completion_tokens,
+                    usd(r.cost_micros),
+                    r.estimated
+                );
+            }
+            for (key, t) in totals {
+                let peak = t.peak_day().map_or_else(|| "-".to_owned(), |(d, c)| format!("{d} (${})", usd(*c)));
+                let _ = writeln!(
+                    out,
+                    "\n{key}: {} requests, {} errors ({} error rate), {} prompt / {} cached / {} completion tokens\n  cost ${} over {days} days: daily average ${}, peak day {peak}, ${} per request, ${} per 1k tokens",
+                    t.requests,
+                    t.errors,
+                    percent(t.errors, t.requests),
+                    t.prompt,
+                    t.cached,
+                    t.completion,
+                    usd(t.cost),
+                    usd(t.cost / u64::from(days)),
+                    usd(t.per_request()),
+                    usd(t.per_1k_tokens()),
+                );
+            }
+            if rows.is_empty() {
+                let _ = writeln!(out, "no usage since {since}");
+            }
+        }
+    }
+    out
+}

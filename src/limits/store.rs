@@ -1,0 +1,339 @@
+//! The limit store: per-key buckets, concurrency counter and monthly spend, keyed by key id
+//! so they outlive config reloads. [`LimitStore`] is the seam for a shared (Redis) backend.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use super::bucket::{Shortfall, TokenBucket};
+use super::clock::Clock;
+use crate::config::Limits;
+
+/// One limit's state for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Duration,
+}
+
+/// What the client is told about its request and token windows (`None`: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub requests: Option<Window>,
+    pub tokens: Option<Window>,
+}
+
+/// What one request asks to reserve.
+pub struct AdmitRequest<'a> {
+    pub key_id: &'a Arc<str>,
+    pub limits: &'a Limits,
+    /// Estimated prompt tokens plus the completion cap.
+    pub tokens: u64,
+    /// Worst-case cost of those tokens, in micro-dollars.
+    pub cost_micros: u64,
+    /// UTC calendar month of the request's start, as `year * 12 + month - 1`.
+    pub month: u32,
+}
+
+/// A granted reservation; hand it back to [`LimitStore::settle`] exactly once.
+#[derive(Debug)]
+pub struct Admission {
+    key_id: Arc<str>,
+    tokens: u64,
+    cost_micros: u64,
+    month: u32,
+    holds_concurrency_slot: bool,
+    pub headers: RateHeaders,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitRefusal {
+    Requests { retry_after: Duration, headers: RateHeaders },
+    Tokens { retry_after: Duration, headers: RateHeaders },
+    /// The request alone needs more tokens than the key's per-minute limit.
+    TokensNeverFit { headers: RateHeaders },
+    Concurrency,
+    Budget,
+}
+
+pub trait LimitStore: Send + Sync {
+    /// Checks every limit and, only if all pass, reserves against all of them.
+    fn admit(&self, req: AdmitRequest<'_>) -> Result<Admission, LimitRefusal>;
+    /// Replaces the reservation by what the request really used.
+    fn settle(&self, admission: Admission, tokens_used: u64, cost_micros: u64);
+    /// Sets a key's settled spend for `month` (at start-up, from the ledger).
+    fn seed_spend(&self, key_id: &Arc<str>, month: u32, spent_micros: u64);
+    /// Settled spend of `month`, in micro-dollars.
+    fn month_spend(&self, key_id: &str, month: u32) -> u64;
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: Option<TokenBucket>,
+    tokens: Option<TokenBucket>,
+    month: u32,
+    spent: u64,
+    reserved: u64,
+}
+
+#[derive(Default)]
+struct KeyState {
+    counters: Mutex<Counters>,
+    inflight: AtomicU32,
+}
+
+/// The in-process backend.
+pub struct MemoryStore {
+    clock: Arc<dyn Clock>,
+    keys: DashMap<Arc<str>, Arc<KeyState>>,
+}
+
+impl MemoryStore {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self { clock, keys: DashMap::new() }
+    }
+
+    fn state(&self, key_id: &Arc<str>) -> Arc<KeyState> {
+        if let Some(s) = self.keys.get(key_id) {
+            return s.clone();
+        }
+        self.keys.entry(key_id.clone()).or_default().clone()
+    }
+}
+
+/// Creates, resizes or drops a bucket to match the configured limit, keeping its usage.
+fn sync_bucket(bucket: &mut Option<TokenBucket>, limit: Option<u64>, now: u64) {
+    match (limit, bucket.as_mut()) {
+        (None, _) => *bucket = None,
+        (Some(cap), None) => *bucket = Some(TokenBucket::new(cap, now)),
+        (Some(cap), Some(b)) if b.capacity() != cap => b.set_capacity(cap, now),
+        (Some(_), Some(_)) => {}
+    }
+}
+
+fn window(bucket: &mut Option<TokenBucket>, now: u64) -> Option<Window> {
+    bucket.as_mut().map(|b| Window {
+        limit: b.capacity(),
+        remaining: b.remaining(now),
+        reset: b.reset_after(now),
+    })
+}
+
+impl LimitStore for MemoryStore {
+    fn admit(&self, req: AdmitRequest<'_>) -> Result<Admission, LimitRefusal> {
+        let state = self.state(req.key_id);
+        let holds_slot = match req.limits.max_concurrent_requests {
+            Some(max) => {
+                if state.inflight.fetch_add(1, Ordering::AcqRel) >= max.get() {
+                    state.inflight.fetch_sub(1, Ordering::AcqRel);
+                    return Err(LimitRefusal::Concurrency);
+                }
+                true
+            }
+            None => false,
+        };
+        let release = |state: &KeyState| {
+            if holds_slot {
+                state.inflight.fetch_sub(1, Ordering::AcqRel);
+            }
+        };
+        let now = self.clock.now_nanos();
+        let mut c = state.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        sync_bucket(&mut c.requests, req.limits.requests_per_minute.map(|n| u64::from(n.get())), now);
+        sync_bucket(&mut c.tokens, req.limits.tokens_per_minute.map(|n| u64::from(n.get())), now);
+        if req.month > c.month {
+            c.month = req.month;
+            c.spent = 0;
+        }
+
+        let mut refusal = None;
+        if let Some(Err(short)) = c.requests.as_mut().map(|b| b.check(1, now)) {
+            let retry_after = match short {
+                Shortfall::Wait(d) => d,
+                Shortfall::NeverFits => Duration::from_secs(60),
+            };
+            refusal = Some(LimitRefusal::Requests {
+                retry_after,
+                headers: RateHeaders::default(),
+            });
+        } else if let Some(Err(short)) = c.tokens.as_mut().map(|b| b.check(req.tokens, now)) {
+            let headers = RateHeaders::default();
+            refusal = Some(match short {
+                Shortfall::Wait(retry_after) => LimitRefusal::Tokens { retry_after, headers },
+                Shortfall::NeverFits => LimitRefusal::TokensNeverFit { headers },
+            });
+        } else if let Some(budget) = req.limits.monthly_spend_micros {
+            if c.spent.saturating_add(c.reserved).saturating_add(req.cost_micros) > budget {
+                refusal = Some(LimitRefusal::Budget);
+            }
+        }
+        if let Some(mut refusal) = refusal {
+            let current = RateHeaders { requests: window(&mut c.requests, now), tokens: window(&mut c.tokens, now) };
+            match &mut refusal {
+                LimitRefusal::Requests { headers, .. }
+                | LimitRefusal::Tokens { headers, .. }
+                | LimitRefusal::TokensNeverFit { headers } => *headers = current,
+                LimitRefusal::Concurrency | LimitRefusal::Budget => {}
+            }
+            drop(c);
+            release(&state);
+            return Err(refusal);
+        }
+
+        if let Some(b) = c.requests.as_mut() {
+            b.take(1, now);
+        }
+        if let Some(b) = c.tokens.as_mut() {
+            b.take(req.tokens, now);
+        }
+        c.reserved = c.reserved.saturating_add(req.cost_micros);
+        let headers = RateHeaders { requests: window(&mut c.requests, now), tokens: window(&mut c.tokens, now) };
+        Ok(Admission {
+            key_id: req.key_id.clone(),
+            tokens: req.tokens,
+            cost_micros: req.cost_micros,
+            month: req.month,
+            holds_concurrency_slot: holds_slot,
+            headers,
+        })
+    }
+
+    fn settle(&self, admission: Admission, tokens_used: u64, cost_micros: u64) {
+        let state = self.state(&admission.key_id);
+        let now = self.clock.now_nanos();
+        {
+            let mut c = state.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(b) = c.tokens.as_mut() {
+                let refund = i128::from(admission.tokens) - i128::from(tokens_used);
+                b.adjust(i64::try_from(refund).unwrap_or(if refund < 0 { i64::MIN } else { i64::MAX }), now);
+            }
+            c.reserved = c.reserved.saturating_sub(admission.cost_micros);
+            // A request is charged to the month it started in; once the store has moved on to
+            // a later month, the earlier month's spend lives only in the ledger.
+            if admission.month == c.month {
+                c.spent = c.spent.saturating_add(cost_micros);
+            }
+        }
+        if admission.holds_concurrency_slot {
+            state.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn seed_spend(&self, key_id: &Arc<str>, month: u32, spent_micros: u64) {
+        let state = self.state(key_id);
+        let mut c = state.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        if month >= c.month {
+            c.month = month;
+            c.spent = spent_micros;
+        }
+    }
+
+    fn month_spend(&self, key_id: &str, month: u32) -> u64 {
+        self.keys.get(key_id).map_or(0, |s| {
+            let c = s.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            if c.month == month { c.spent } else { 0 }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::limits::FakeClock;
+
+    fn limits(rpm: Option<u32>, tpm: Option<u32>, budget: Option<u64>, conc: Option<u32>) -> Limits {
+        Limits {
+            requests_per_minute: rpm.and_then(NonZeroU32::new),
+            tokens_per_minute: tpm.and_then(NonZeroU32::new),
+            monthly_spend_micros: budget,
+            max_concurrent_requests: conc.and_then(NonZeroU32::new),
+            default_max_tokens: None,
+        }
+    }
+
+    fn setup() -> (Arc<FakeClock>, MemoryStore, Arc<str>) {
+        let clock = Arc::new(FakeClock::new(SystemTime::UNIX_EPOCH));
+        (clock.clone(), MemoryStore::new(clock), Arc::from("k"))
+    }
+
+    fn req<'a>(key: &'a Arc<str>, l: &'a Limits, tokens: u64, cost: u64) -> AdmitRequest<'a> {
+        AdmitRequest { key_id: key, limits: l, tokens, cost_micros: cost, month: 100 }
+    }
+
+    #[test]
+    fn requests_per_minute_admits_the_burst_then_refills() {
+        let (clock, store, key) = setup();
+        let l = limits(Some(10), None, None, None);
+        let admitted = (0..200).filter_map(|_| store.admit(req(&key, &l, 0, 0)).ok()).count();
+        assert_eq!(admitted, 10);
+        let Err(LimitRefusal::Requests { retry_after, headers }) = store.admit(req(&key, &l, 0, 0)) else { panic!() };
+        assert_eq!(retry_after, Duration::from_secs(6));
+        assert_eq!(headers.requests.map(|w| (w.limit, w.remaining)), Some((10, 0)));
+        clock.advance(Duration::from_secs(6));
+        assert!(store.admit(req(&key, &l, 0, 0)).is_ok());
+    }
+
+    #[test]
+    fn tokens_reserve_then_settle_with_refund_and_debt() {
+        let (clock, store, key) = setup();
+        let l = limits(None, Some(1000), None, None);
+        let a = store.admit(req(&key, &l, 600, 0)).unwrap();
+        assert_eq!(a.headers.tokens.unwrap().remaining, 400);
+        assert!(matches!(store.admit(req(&key, &l, 500, 0)), Err(LimitRefusal::Tokens { .. })));
+        store.settle(a, 100, 0); // used far less than reserved: refund 500
+        let b = store.admit(req(&key, &l, 800, 0)).unwrap();
+        store.settle(b, 2000, 0); // used far more: 100 - 800 + 800 - 2000 => debt of 1100
+        let Err(LimitRefusal::Tokens { retry_after, .. }) = store.admit(req(&key, &l, 1, 0)) else { panic!() };
+        assert_eq!(retry_after, Duration::from_millis(66_060));
+        clock.advance(Duration::from_secs(67));
+        assert!(store.admit(req(&key, &l, 1, 0)).is_ok());
+        assert!(matches!(store.admit(req(&key, &l, 1001, 0)), Err(LimitRefusal::TokensNeverFit { .. })));
+    }
+
+    #[test]
+    fn budget_counts_reservations_so_concurrent_requests_cannot_overspend() {
+        let (_, store, key) = setup();
+        let l = limits(None, None, Some(1_000_000), None);
+        let held: Vec<_> = (0..50).filter_map(|_| store.admit(req(&key, &l, 0, 300_000)).ok()).collect();
+        assert_eq!(held.len(), 3);
+        for a in held {
+            store.settle(a, 0, 250_000);
+        }
+        assert_eq!(store.month_spend("k", 100), 750_000);
+        assert!(store.admit(req(&key, &l, 0, 250_000)).is_ok());
+        assert_eq!(store.admit(req(&key, &l, 0, 1)).unwrap_err(), LimitRefusal::Budget);
+    }
+
+    #[test]
+    fn a_new_month_starts_from_zero_and_late_settlements_stay_in_their_month() {
+        let (_, store, key) = setup();
+        let l = limits(None, None, Some(1_000), None);
+        let old = store.admit(req(&key, &l, 0, 900)).unwrap();
+        let new = store.admit(AdmitRequest { month: 101, ..req(&key, &l, 0, 100) }).unwrap();
+        store.settle(old, 0, 900);
+        store.settle(new, 0, 50);
+        assert_eq!(store.month_spend("k", 101), 50);
+        assert_eq!(store.month_spend("k", 100), 0);
+    }
+
+    #[test]
+    fn concurrency_slots_are_released_on_settle_and_on_refusal() {
+        let (_, store, key) = setup();
+        let l = limits(Some(1), None, None, Some(2));
+        let a = store.admit(req(&key, &l, 0, 0)).unwrap();
+        // Refused by the RPM limit: its concurrency slot is given back.
+        assert!(matches!(store.admit(req(&key, &l, 0, 0)), Err(LimitRefusal::Requests { .. })));
+        let l2 = limits(None, None, None, Some(2));
+        let b = store.admit(req(&key, &l2, 0, 0)).unwrap();
+        assert_eq!(store.admit(req(&key, &l2, 0, 0)).unwrap_err(), LimitRefusal::Concurrency);
+        store.settle(a, 0, 0);
+        assert!(store.admit(req(&key, &l2, 0, 0)).is_ok());
+        drop(b);
+    }
+}
