@@ -43,9 +43,13 @@ pub enum Refusal {
         headers: RateHeaders,
     },
     /// The request alone needs more tokens than the key may use per minute.
-    TooManyTokens { headers: RateHeaders },
+    TooManyTokens {
+        headers: RateHeaders,
+    },
     /// The key's monthly spending limit is reached; it resets with the next UTC month.
-    BudgetExceeded { retry_after: Duration },
+    BudgetExceeded {
+        retry_after: Duration,
+    },
 }
 
 impl Refusal {
@@ -68,9 +72,9 @@ impl Refusal {
                 StatusCode::BAD_GATEWAY
             }
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Refusal::RateLimited { .. } | Refusal::TooManyTokens { .. } | Refusal::BudgetExceeded { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Refusal::RateLimited { .. }
+            | Refusal::TooManyTokens { .. }
+            | Refusal::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -129,8 +133,13 @@ impl Refusal {
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::UpstreamAuth => "upstream_auth",
             Refusal::UpstreamKeyMissing => "upstream_key_missing",
-            Refusal::RateLimited { limit: "requests", .. } => "rate_limited_requests",
-            Refusal::RateLimited { limit: "tokens", .. } | Refusal::TooManyTokens { .. } => "rate_limited_tokens",
+            Refusal::RateLimited {
+                limit: "requests", ..
+            } => "rate_limited_requests",
+            Refusal::RateLimited {
+                limit: "tokens", ..
+            }
+            | Refusal::TooManyTokens { .. } => "rate_limited_tokens",
             Refusal::RateLimited { .. } => "rate_limited_concurrency",
             Refusal::BudgetExceeded { .. } => "budget_exceeded",
         }
@@ -192,10 +201,14 @@ impl Refusal {
             Refusal::UpstreamAuth | Refusal::UpstreamKeyMissing => {
                 "The gateway could not authenticate to the upstream API. The operator has been alerted."
             }
-            Refusal::RateLimited { limit: "requests", .. } => {
+            Refusal::RateLimited {
+                limit: "requests", ..
+            } => {
                 "Rate limit reached for requests per minute on this API key. Retry after the time in 'retry-after'."
             }
-            Refusal::RateLimited { limit: "tokens", .. } => {
+            Refusal::RateLimited {
+                limit: "tokens", ..
+            } => {
                 "Rate limit reached for tokens per minute on this API key. Retry after the time in 'retry-after'."
             }
             Refusal::RateLimited { .. } => "Too many concurrent requests on this API key.",
@@ -230,13 +243,20 @@ impl Refusal {
             Refusal::Auth(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Refusal::RateLimited { retry_after, headers: rate, .. } => {
+            Refusal::RateLimited {
+                retry_after,
+                headers: rate,
+                ..
+            } => {
                 crate::pipeline::limit::set_rate_headers(headers, rate);
                 headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after));
             }
             Refusal::TooManyTokens { headers: rate } => {
                 crate::pipeline::limit::set_rate_headers(headers, rate);
-                headers.insert(header::RETRY_AFTER, retry_after_secs(Duration::from_secs(60)));
+                headers.insert(
+                    header::RETRY_AFTER,
+                    retry_after_secs(Duration::from_secs(60)),
+                );
             }
             Refusal::BudgetExceeded { retry_after } => {
                 headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after));

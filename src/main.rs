@@ -8,9 +8,12 @@ fn main() -> ExitCode {
     let _log_guard = cli::init_tracing(cli.log_format);
     match cli.command {
         Command::Check { config } => cli::check::run(&config),
-        Command::Usage { key_id, config, days, format } => {
-            cli::usage::run(&config, key_id.as_deref(), days, format)
-        }
+        Command::Usage {
+            key_id,
+            config,
+            days,
+            format,
+        } => cli::usage::run(&config, key_id.as_deref(), days, format),
         Command::Keys(KeysCommand::Generate { json }) => cli::keys::generate(json),
         Command::Serve { config } => match tokio::runtime::Builder::new_multi_thread()
             .enable_all()

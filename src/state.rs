@@ -87,8 +87,16 @@ impl Gateway {
         }
         let recorder = Recorder::start(ledger, LEDGER_QUEUE, LEDGER_FLUSH_EVERY)
             .map_err(|e| format!("cannot start the ledger writer: {e}"))?;
-        let metering = Arc::new(Metering { limits: Box::new(limits), recorder, clock });
-        Ok(Self { runtime: ArcSwap::from_pointee(runtime), client, metering })
+        let metering = Arc::new(Metering {
+            limits: Box::new(limits),
+            recorder,
+            clock,
+        });
+        Ok(Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            client,
+            metering,
+        })
     }
 
     /// The current snapshot; hold it for the whole request.

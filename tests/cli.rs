@@ -5,14 +5,12 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 
@@ -208,37 +206,10 @@ async fn serve_drains_in_flight_streams_on_sigterm_and_exits_zero() {
     )
     .replace("KEYGATE_TEST_UNUSED", "KG_TEST_UPSTREAM_KEY");
     std::fs::write(&path, text).unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("KG_TEST_UPSTREAM_KEY", UPSTREAM_KEY)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-        panic!("keygate exited before listening");
-    })
-    .await
-    .expect("keygate did not start");
-    let logs = tokio::spawn(async move {
-        let mut all = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
+    let gw = Binary::serve(BIN, &path, &[("KG_TEST_UPSTREAM_KEY", UPSTREAM_KEY)]).await;
 
     let body = serde_json::json!({"model": "deepseek-chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
-    let req = Request::post(format!("http://{addr}/v1/chat/completions"))
+    let req = Request::post(gw.url("/v1/chat/completions"))
         .header("authorization", key.bearer())
         .header("content-type", "application/json")
         .header("x-mock-chunks", "10")
@@ -251,14 +222,7 @@ async fn serve_drains_in_flight_streams_on_sigterm_and_exits_zero() {
     let first = stream.frame().await.unwrap().unwrap();
     assert!(first.is_data());
 
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    gw.signal("-TERM");
 
     // The stream already running finishes completely.
     let mut text = String::new();
@@ -272,14 +236,11 @@ async fn serve_drains_in_flight_streams_on_sigterm_and_exits_zero() {
     }
     assert!(text.ends_with("data: [DONE]\n\n"), "stream was cut: {text}");
 
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let addr = gw.addr.clone();
+    let (status, logs) = gw.wait().await;
     assert!(status.success(), "exit status {status}");
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
-    let logs = logs.await.unwrap();
     assert!(logs.contains("SIGTERM"), "{logs}");
     assert!(!logs.contains(&key.secret) && !logs.contains(UPSTREAM_KEY));
 }

@@ -15,8 +15,15 @@ use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use tokio::sync::Barrier;
 
-fn req(url: &str, key: &TestKey, body: &serde_json::Value, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut b = Request::post(url).header("authorization", key.bearer()).header("content-type", "application/json");
+fn req(
+    url: &str,
+    key: &TestKey,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> Request<Full<Bytes>> {
+    let mut b = Request::post(url)
+        .header("authorization", key.bearer())
+        .header("content-type", "application/json");
     for (n, v) in headers {
         b = b.header(*n, *v);
     }
@@ -25,13 +32,24 @@ fn req(url: &str, key: &TestKey, body: &serde_json::Value, headers: &[(&str, &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_barrier_released_burst_of_200_on_rpm_10_admits_exactly_10() {
-    let s = Arc::new(Setup::new(&[("app", "scopes = [\"chat\"]\nlimits = { requests_per_minute = 10 }")]).await);
+    let s = Arc::new(
+        Setup::new(&[(
+            "app",
+            "scopes = [\"chat\"]\nlimits = { requests_per_minute = 10 }",
+        )])
+        .await,
+    );
     let barrier = Arc::new(Barrier::new(200));
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let (s, barrier) = (s.clone(), barrier.clone());
             tokio::spawn(async move {
-                let r = req(&s.gw.url("/v1/chat/completions"), s.key("app"), &chat("deepseek-chat"), &[]);
+                let r = req(
+                    &s.gw.url("/v1/chat/completions"),
+                    s.key("app"),
+                    &chat("deepseek-chat"),
+                    &[],
+                );
                 barrier.wait().await;
                 send(r).await
             })
@@ -44,7 +62,12 @@ async fn a_barrier_released_burst_of_200_on_rpm_10_admits_exactly_10() {
             200 => ok += 1,
             429 => {
                 assert_eq!(a.code(), "rate_limit_exceeded");
-                assert!(a.json()["error"]["message"].as_str().unwrap().contains("requests per minute"));
+                assert!(
+                    a.json()["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("requests per minute")
+                );
                 let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
                 assert!((1..=6).contains(&retry), "retry-after {retry}");
                 assert_eq!(a.headers["x-ratelimit-limit-requests"], "10");
@@ -59,7 +82,11 @@ async fn a_barrier_released_burst_of_200_on_rpm_10_admits_exactly_10() {
 
 #[tokio::test]
 async fn rate_limit_headers_are_on_every_answer_and_count_down() {
-    let s = Setup::new(&[("app", "scopes = [\"chat\"]\nlimits = { requests_per_minute = 100, tokens_per_minute = 100000 }")]).await;
+    let s = Setup::new(&[(
+        "app",
+        "scopes = [\"chat\"]\nlimits = { requests_per_minute = 100, tokens_per_minute = 100000 }",
+    )])
+    .await;
     let url = s.gw.url("/v1/chat/completions");
     let body = json!({"model": "deepseek-chat", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
     let first = send(req(&url, s.key("app"), &body, &[])).await;
@@ -72,47 +99,91 @@ async fn rate_limit_headers_are_on_every_answer_and_count_down() {
     let tokens = |a: &Answer| h(a, "x-ratelimit-remaining-tokens").parse::<u64>().unwrap();
     assert!(tokens(&second) < tokens(&first) && tokens(&first) < 100_000);
     // Go-style durations: one request refills in 600 ms.
-    assert!(h(&first, "x-ratelimit-reset-requests").ends_with("ms"), "{}", h(&first, "x-ratelimit-reset-requests"));
+    assert!(
+        h(&first, "x-ratelimit-reset-requests").ends_with("ms"),
+        "{}",
+        h(&first, "x-ratelimit-reset-requests")
+    );
 
     // Streams carry them too.
     let stream = json!({"model": "deepseek-chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
-    let resp = client().request(req(&url, s.key("app"), &stream, &[])).await.unwrap();
+    let resp = client()
+        .request(req(&url, s.key("app"), &stream, &[]))
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["x-ratelimit-remaining-requests"], "97");
     assert!(resp.headers().contains_key("x-ratelimit-reset-tokens"));
 }
 
 #[tokio::test]
 async fn real_usage_above_the_reservation_puts_the_token_bucket_in_debt() {
-    let s = Setup::new(&[("app", "scopes = [\"chat\"]\nlimits = { tokens_per_minute = 1000 }")]).await;
+    let s = Setup::new(&[(
+        "app",
+        "scopes = [\"chat\"]\nlimits = { tokens_per_minute = 1000 }",
+    )])
+    .await;
     let url = s.gw.url("/v1/chat/completions");
     let small = json!({"model": "deepseek-chat", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
     // The (misbehaving) upstream answers with 1500 completion tokens although 10 were asked.
-    let a = send(req(&url, s.key("app"), &small, &[("x-mock-chunks", "1500")])).await;
+    let a = send(req(
+        &url,
+        s.key("app"),
+        &small,
+        &[("x-mock-chunks", "1500")],
+    ))
+    .await;
     assert_eq!(a.status, 200);
     let b = send(req(&url, s.key("app"), &small, &[])).await;
-    assert_eq!((b.status.as_u16(), b.code()), (429, "rate_limit_exceeded".into()));
-    assert!(b.json()["error"]["message"].as_str().unwrap().contains("tokens per minute"));
+    assert_eq!(
+        (b.status.as_u16(), b.code()),
+        (429, "rate_limit_exceeded".into())
+    );
+    assert!(
+        b.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens per minute")
+    );
     assert_eq!(b.headers["x-ratelimit-remaining-tokens"], "0");
     let retry: u64 = b.headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!(retry > 25, "the debt of ~500 tokens takes ~30 s to repay, got {retry}");
+    assert!(
+        retry > 25,
+        "the debt of ~500 tokens takes ~30 s to repay, got {retry}"
+    );
     // A request that could never fit is told so.
     let huge = json!({"model": "deepseek-chat", "max_tokens": 5000, "messages": []});
     let c = send(req(&url, s.key("app"), &huge, &[])).await;
     assert_eq!(c.status, 429);
-    assert!(c.json()["error"]["message"].as_str().unwrap().contains("lower max_tokens"));
+    assert!(
+        c.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lower max_tokens")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrent_burst_cannot_spend_past_the_budget() {
     // $0.01; each request reserves ~1,100 micro-dollars (1000 completion tokens at $1.10/M).
-    let s = Arc::new(Setup::new(&[("app", "scopes = [\"chat\"]\nlimits = { monthly_spend_usd = 0.01 }")]).await);
+    let s = Arc::new(
+        Setup::new(&[(
+            "app",
+            "scopes = [\"chat\"]\nlimits = { monthly_spend_usd = 0.01 }",
+        )])
+        .await,
+    );
     let body = json!({"model": "deepseek-chat", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]});
     let barrier = Arc::new(Barrier::new(50));
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let (s, barrier, body) = (s.clone(), barrier.clone(), body.clone());
             tokio::spawn(async move {
-                let r = req(&s.gw.url("/v1/chat/completions"), s.key("app"), &body, &[("x-mock-delay-ms", "300"), ("x-mock-chunks", "900")]);
+                let r = req(
+                    &s.gw.url("/v1/chat/completions"),
+                    s.key("app"),
+                    &body,
+                    &[("x-mock-delay-ms", "300"), ("x-mock-chunks", "900")],
+                );
                 barrier.wait().await;
                 send(r).await
             })
@@ -126,7 +197,10 @@ async fn a_concurrent_burst_cannot_spend_past_the_budget() {
             429 => {
                 assert_eq!(a.code(), "budget_exceeded");
                 let msg = a.json()["error"]["message"].as_str().unwrap().to_owned();
-                assert!(!msg.contains('$') && !msg.contains("0.01"), "must not leak the budget: {msg}");
+                assert!(
+                    !msg.contains('$') && !msg.contains("0.01"),
+                    "must not leak the budget: {msg}"
+                );
                 assert!(a.headers.contains_key("retry-after"));
                 refused += 1;
             }
@@ -135,17 +209,37 @@ async fn a_concurrent_burst_cannot_spend_past_the_budget() {
     }
     assert!(ok >= 1 && refused >= 1, "ok {ok} refused {refused}");
     let ledger = s.gw.ledger();
-    let spent: u64 = ledger.daily(Some("app"), "2000-01-01").unwrap().iter().map(|r| r.cost_micros).sum();
+    let spent: u64 = ledger
+        .daily(Some("app"), "2000-01-01")
+        .unwrap()
+        .iter()
+        .map(|r| r.cost_micros)
+        .sum();
     // Every admitted request stayed within its reservation, so the bound is the budget itself.
-    assert!(spent <= 10_000, "spent {spent} micro-dollars of a 10,000 budget");
+    assert!(
+        spent <= 10_000,
+        "spent {spent} micro-dollars of a 10,000 budget"
+    );
     assert!(spent > 0);
 }
 
 #[tokio::test]
 async fn max_concurrent_requests_is_enforced() {
-    let s = Arc::new(Setup::new(&[("app", "scopes = [\"chat\"]\nlimits = { max_concurrent_requests = 2 }")]).await);
+    let s = Arc::new(
+        Setup::new(&[(
+            "app",
+            "scopes = [\"chat\"]\nlimits = { max_concurrent_requests = 2 }",
+        )])
+        .await,
+    );
     let slow = |s: Arc<Setup>| async move {
-        send(req(&s.gw.url("/v1/chat/completions"), s.key("app"), &chat("deepseek-chat"), &[("x-mock-delay-ms", "500")])).await
+        send(req(
+            &s.gw.url("/v1/chat/completions"),
+            s.key("app"),
+            &chat("deepseek-chat"),
+            &[("x-mock-delay-ms", "500")],
+        ))
+        .await
     };
     let a = tokio::spawn(slow(s.clone()));
     let b = tokio::spawn(slow(s.clone()));
@@ -154,20 +248,52 @@ async fn max_concurrent_requests_is_enforced() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let c = send(req(&s.gw.url("/v1/chat/completions"), s.key("app"), &chat("deepseek-chat"), &[])).await;
-    assert_eq!((c.status.as_u16(), c.code()), (429, "rate_limit_exceeded".into()));
+    let c = send(req(
+        &s.gw.url("/v1/chat/completions"),
+        s.key("app"),
+        &chat("deepseek-chat"),
+        &[],
+    ))
+    .await;
+    assert_eq!(
+        (c.status.as_u16(), c.code()),
+        (429, "rate_limit_exceeded".into())
+    );
     assert_eq!(a.await.unwrap().status, 200);
     assert_eq!(b.await.unwrap().status, 200);
-    assert_eq!(send(req(&s.gw.url("/v1/chat/completions"), s.key("app"), &chat("deepseek-chat"), &[])).await.status, 200);
+    assert_eq!(
+        send(req(
+            &s.gw.url("/v1/chat/completions"),
+            s.key("app"),
+            &chat("deepseek-chat"),
+            &[]
+        ))
+        .await
+        .status,
+        200
+    );
 }
 
 async fn stream_bytes(url: &str, key: Option<&TestKey>, body: &serde_json::Value) -> String {
-    let mut b = Request::post(url).header("content-type", "application/json").header("x-mock-chunks", "4");
+    let mut b = Request::post(url)
+        .header("content-type", "application/json")
+        .header("x-mock-chunks", "4");
     if let Some(k) = key {
         b = b.header("authorization", k.bearer());
     }
-    let resp = client().request(b.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
-    String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    let resp = client()
+        .request(b.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await
+        .unwrap();
+    String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -204,7 +330,12 @@ async fn streams_are_metered_and_the_client_sees_exactly_what_it_asked_for() {
 async fn a_client_that_aborts_after_5_chunks_is_billed_once_with_an_estimate() {
     let s = Setup::new(&[("app", "scopes = [\"chat\"]")]).await;
     let body = json!({"model": "deepseek-chat", "stream": true, "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]});
-    let r = req(&s.gw.url("/v1/chat/completions"), s.key("app"), &body, &[("x-mock-chunks", "200"), ("x-mock-chunk-delay-ms", "20")]);
+    let r = req(
+        &s.gw.url("/v1/chat/completions"),
+        s.key("app"),
+        &body,
+        &[("x-mock-chunks", "200"), ("x-mock-chunk-delay-ms", "20")],
+    );
     let resp = client().request(r).await.unwrap();
     let mut stream = resp.into_body();
     let mut text = String::new();
@@ -224,6 +355,10 @@ async fn a_client_that_aborts_after_5_chunks_is_billed_once_with_an_estimate() {
     assert_eq!(rows.len(), 1);
     let r = &rows[0];
     assert_eq!((r.requests, r.estimated), (1, 1));
-    assert!((5..=10).contains(&r.completion_tokens), "completion {}", r.completion_tokens);
+    assert!(
+        (5..=10).contains(&r.completion_tokens),
+        "completion {}",
+        r.completion_tokens
+    );
     assert!(r.prompt_tokens > 0 && r.cost_micros > 0);
 }

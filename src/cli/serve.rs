@@ -67,7 +67,10 @@ pub async fn run(path: &Path) -> ExitCode {
         tracing::error!("the usage ledger could not be flushed before exit");
     }
     if recorder.dropped() > 0 {
-        tracing::error!(dropped = recorder.dropped(), "usage events were dropped while running");
+        tracing::error!(
+            dropped = recorder.dropped(),
+            "usage events were dropped while running"
+        );
     }
     tracing::info!("keygate stopped");
     ExitCode::SUCCESS

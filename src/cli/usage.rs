@@ -60,7 +60,9 @@ impl Totals {
     }
 
     fn peak_day(&self) -> Option<(&String, &u64)> {
-        self.by_day.iter().max_by_key(|(day, cost)| (**cost, std::cmp::Reverse((*day).clone())))
+        self.by_day
+            .iter()
+            .max_by_key(|(day, cost)| (**cost, std::cmp::Reverse((*day).clone())))
     }
 
     fn per_request(&self) -> u64 {
@@ -89,7 +91,8 @@ pub fn run(config_path: &Path, key: Option<&str>, days: u32, format: Format) -> 
         }
     };
     let days = days.max(1);
-    let since = calendar::day(SystemTime::now() - Duration::from_secs(u64::from(days - 1) * 86_400));
+    let since =
+        calendar::day(SystemTime::now() - Duration::from_secs(u64::from(days - 1) * 86_400));
     let rows = match ledger.daily(key, &since) {
         Ok(rows) => rows,
         Err(e) => {
@@ -105,7 +108,13 @@ pub fn run(config_path: &Path, key: Option<&str>, days: u32, format: Format) -> 
     ExitCode::SUCCESS
 }
 
-fn render(rows: &[DailyRow], totals: &BTreeMap<&str, Totals>, since: &str, days: u32, format: Format) -> String {
+fn render(
+    rows: &[DailyRow],
+    totals: &BTreeMap<&str, Totals>,
+    since: &str,
+    days: u32,
+    format: Format,
+) -> String {
     let mut out = String::new();
     match format {
         Format::Csv => {
@@ -157,7 +166,16 @@ fn render(rows: &[DailyRow], totals: &BTreeMap<&str, Totals>, since: &str, days:
             let _ = writeln!(
                 out,
                 "{:<20} {:<10} {:<18} {:>9} {:>7} {:>10} {:>10} {:>11} {:>12} {:>5}",
-                "KEY", "DAY", "MODEL", "REQUESTS", "ERRORS", "PROMPT", "CACHED", "COMPLETION", "COST_USD", "EST"
+                "KEY",
+                "DAY",
+                "MODEL",
+                "REQUESTS",
+                "ERRORS",
+                "PROMPT",
+                "CACHED",
+                "COMPLETION",
+                "COST_USD",
+                "EST"
             );
             for r in rows {
                 let _ = writeln!(
@@ -176,7 +194,9 @@ fn render(rows: &[DailyRow], totals: &BTreeMap<&str, Totals>, since: &str, days:
                 );
             }
             for (key, t) in totals {
-                let peak = t.peak_day().map_or_else(|| "-".to_owned(), |(d, c)| format!("{d} (${})", usd(*c)));
+                let peak = t
+                    .peak_day()
+                    .map_or_else(|| "-".to_owned(), |(d, c)| format!("{d} (${})", usd(*c)));
                 let _ = writeln!(
                     out,
                     "\n{key}: {} requests, {} errors ({} error rate), {} prompt / {} cached / {} completion tokens\n  cost ${} over {days} days: daily average ${}, peak day {peak}, ${} per request, ${} per 1k tokens",

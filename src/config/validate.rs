@@ -486,7 +486,10 @@ fn limits(path: &str, own: &RawLimits, env: &RawLimits, p: &mut Problems) -> Opt
         "tokens_per_minute",
         own.tokens_per_minute.or(env.tokens_per_minute),
     );
-    let default_max_tokens = count("default_max_tokens", own.default_max_tokens.or(env.default_max_tokens));
+    let default_max_tokens = count(
+        "default_max_tokens",
+        own.default_max_tokens.or(env.default_max_tokens),
+    );
     let max_concurrent_requests = count(
         "max_concurrent_requests",
         own.max_concurrent_requests.or(env.max_concurrent_requests),

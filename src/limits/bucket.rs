@@ -29,7 +29,11 @@ pub enum Shortfall {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(capacity: u64, now_ns: u64) -> Self {
-        Self { capacity, level: i128::from(capacity) * UNITS_PER_TOKEN, updated_ns: now_ns }
+        Self {
+            capacity,
+            level: i128::from(capacity) * UNITS_PER_TOKEN,
+            updated_ns: now_ns,
+        }
     }
 
     fn refill(&mut self, now_ns: u64) {
@@ -63,7 +67,9 @@ impl TokenBucket {
         let missing = need - self.level;
         let rate = i128::from(self.capacity.max(1));
         let nanos = (missing + rate - 1) / rate;
-        Err(Shortfall::Wait(Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))))
+        Err(Shortfall::Wait(Duration::from_nanos(
+            u64::try_from(nanos).unwrap_or(u64::MAX),
+        )))
     }
 
     /// Takes `n` tokens unconditionally (after a successful [`check`](Self::check)).
@@ -122,7 +128,10 @@ mod tests {
         b.take(100, 0); // reserved 100
         b.adjust(-900, 0); // used 1000: 400 in debt
         assert_eq!(b.remaining(0), 0);
-        assert_eq!(b.check(1, 0), Err(Shortfall::Wait(Duration::from_millis(40_100))));
+        assert_eq!(
+            b.check(1, 0),
+            Err(Shortfall::Wait(Duration::from_millis(40_100)))
+        );
         assert!(b.check(1, 41 * SEC).is_ok());
         b.adjust(10_000, 41 * SEC);
         assert_eq!(b.remaining(41 * SEC), 600);

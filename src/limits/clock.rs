@@ -17,7 +17,9 @@ pub struct SystemClock {
 
 impl SystemClock {
     pub fn new() -> Self {
-        Self { start: Instant::now() }
+        Self {
+            start: Instant::now(),
+        }
     }
 }
 
@@ -45,7 +47,10 @@ pub struct FakeClock {
 
 impl FakeClock {
     pub fn new(utc_base: SystemTime) -> Self {
-        Self { nanos: AtomicU64::new(0), utc_base }
+        Self {
+            nanos: AtomicU64::new(0),
+            utc_base,
+        }
     }
 
     pub fn advance(&self, by: Duration) {

@@ -32,8 +32,11 @@ mod tests {
 
     #[test]
     fn prompt_estimate_is_not_below_a_typical_english_count() {
-        let text = "The quick brown fox jumps over the lazy dog while the gateway meters every token.";
-        let body = format!("{{\"model\":\"deepseek-chat\",\"messages\":[{{\"role\":\"user\",\"content\":\"{text}\"}}]}}");
+        let text =
+            "The quick brown fox jumps over the lazy dog while the gateway meters every token.";
+        let body = format!(
+            "{{\"model\":\"deepseek-chat\",\"messages\":[{{\"role\":\"user\",\"content\":\"{text}\"}}]}}"
+        );
         // About 17 real tokens (one per word plus punctuation) for this sentence.
         assert!(prompt_tokens(body.len()) >= 17 + 10);
         assert_eq!(prompt_tokens(0), 0);

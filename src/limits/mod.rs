@@ -9,4 +9,6 @@ pub mod estimate;
 pub mod store;
 
 pub use clock::{Clock, FakeClock, SystemClock};
-pub use store::{AdmitRequest, Admission, LimitRefusal, LimitStore, MemoryStore, RateHeaders, Window};
+pub use store::{
+    Admission, AdmitRequest, LimitRefusal, LimitStore, MemoryStore, RateHeaders, Window,
+};

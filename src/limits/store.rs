@@ -51,10 +51,18 @@ pub struct Admission {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitRefusal {
-    Requests { retry_after: Duration, headers: RateHeaders },
-    Tokens { retry_after: Duration, headers: RateHeaders },
+    Requests {
+        retry_after: Duration,
+        headers: RateHeaders,
+    },
+    Tokens {
+        retry_after: Duration,
+        headers: RateHeaders,
+    },
     /// The request alone needs more tokens than the key's per-minute limit.
-    TokensNeverFit { headers: RateHeaders },
+    TokensNeverFit {
+        headers: RateHeaders,
+    },
     Concurrency,
     Budget,
 }
@@ -93,7 +101,10 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Self { clock, keys: DashMap::new() }
+        Self {
+            clock,
+            keys: DashMap::new(),
+        }
     }
 
     fn state(&self, key_id: &Arc<str>) -> Arc<KeyState> {
@@ -141,9 +152,20 @@ impl LimitStore for MemoryStore {
             }
         };
         let now = self.clock.now_nanos();
-        let mut c = state.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        sync_bucket(&mut c.requests, req.limits.requests_per_minute.map(|n| u64::from(n.get())), now);
-        sync_bucket(&mut c.tokens, req.limits.tokens_per_minute.map(|n| u64::from(n.get())), now);
+        let mut c = state
+            .counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        sync_bucket(
+            &mut c.requests,
+            req.limits.requests_per_minute.map(|n| u64::from(n.get())),
+            now,
+        );
+        sync_bucket(
+            &mut c.tokens,
+            req.limits.tokens_per_minute.map(|n| u64::from(n.get())),
+            now,
+        );
         if req.month > c.month {
             c.month = req.month;
             c.spent = 0;
@@ -162,16 +184,26 @@ impl LimitStore for MemoryStore {
         } else if let Some(Err(short)) = c.tokens.as_mut().map(|b| b.check(req.tokens, now)) {
             let headers = RateHeaders::default();
             refusal = Some(match short {
-                Shortfall::Wait(retry_after) => LimitRefusal::Tokens { retry_after, headers },
+                Shortfall::Wait(retry_after) => LimitRefusal::Tokens {
+                    retry_after,
+                    headers,
+                },
                 Shortfall::NeverFits => LimitRefusal::TokensNeverFit { headers },
             });
         } else if let Some(budget) = req.limits.monthly_spend_micros {
-            if c.spent.saturating_add(c.reserved).saturating_add(req.cost_micros) > budget {
+            if c.spent
+                .saturating_add(c.reserved)
+                .saturating_add(req.cost_micros)
+                > budget
+            {
                 refusal = Some(LimitRefusal::Budget);
             }
         }
         if let Some(mut refusal) = refusal {
-            let current = RateHeaders { requests: window(&mut c.requests, now), tokens: window(&mut c.tokens, now) };
+            let current = RateHeaders {
+                requests: window(&mut c.requests, now),
+                tokens: window(&mut c.tokens, now),
+            };
             match &mut refusal {
                 LimitRefusal::Requests { headers, .. }
                 | LimitRefusal::Tokens { headers, .. }
@@ -190,7 +222,10 @@ impl LimitStore for MemoryStore {
             b.take(req.tokens, now);
         }
         c.reserved = c.reserved.saturating_add(req.cost_micros);
-        let headers = RateHeaders { requests: window(&mut c.requests, now), tokens: window(&mut c.tokens, now) };
+        let headers = RateHeaders {
+            requests: window(&mut c.requests, now),
+            tokens: window(&mut c.tokens, now),
+        };
         Ok(Admission {
             key_id: req.key_id.clone(),
             tokens: req.tokens,
@@ -205,10 +240,16 @@ impl LimitStore for MemoryStore {
         let state = self.state(&admission.key_id);
         let now = self.clock.now_nanos();
         {
-            let mut c = state.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut c = state
+                .counters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(b) = c.tokens.as_mut() {
                 let refund = i128::from(admission.tokens) - i128::from(tokens_used);
-                b.adjust(i64::try_from(refund).unwrap_or(if refund < 0 { i64::MIN } else { i64::MAX }), now);
+                b.adjust(
+                    i64::try_from(refund).unwrap_or(if refund < 0 { i64::MIN } else { i64::MAX }),
+                    now,
+                );
             }
             c.reserved = c.reserved.saturating_sub(admission.cost_micros);
             // A request is charged to the month it started in; once the store has moved on to
@@ -224,7 +265,10 @@ impl LimitStore for MemoryStore {
 
     fn seed_spend(&self, key_id: &Arc<str>, month: u32, spent_micros: u64) {
         let state = self.state(key_id);
-        let mut c = state.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut c = state
+            .counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if month >= c.month {
             c.month = month;
             c.spent = spent_micros;
@@ -247,7 +291,12 @@ mod tests {
     use super::*;
     use crate::limits::FakeClock;
 
-    fn limits(rpm: Option<u32>, tpm: Option<u32>, budget: Option<u64>, conc: Option<u32>) -> Limits {
+    fn limits(
+        rpm: Option<u32>,
+        tpm: Option<u32>,
+        budget: Option<u64>,
+        conc: Option<u32>,
+    ) -> Limits {
         Limits {
             requests_per_minute: rpm.and_then(NonZeroU32::new),
             tokens_per_minute: tpm.and_then(NonZeroU32::new),
@@ -263,18 +312,35 @@ mod tests {
     }
 
     fn req<'a>(key: &'a Arc<str>, l: &'a Limits, tokens: u64, cost: u64) -> AdmitRequest<'a> {
-        AdmitRequest { key_id: key, limits: l, tokens, cost_micros: cost, month: 100 }
+        AdmitRequest {
+            key_id: key,
+            limits: l,
+            tokens,
+            cost_micros: cost,
+            month: 100,
+        }
     }
 
     #[test]
     fn requests_per_minute_admits_the_burst_then_refills() {
         let (clock, store, key) = setup();
         let l = limits(Some(10), None, None, None);
-        let admitted = (0..200).filter_map(|_| store.admit(req(&key, &l, 0, 0)).ok()).count();
+        let admitted = (0..200)
+            .filter_map(|_| store.admit(req(&key, &l, 0, 0)).ok())
+            .count();
         assert_eq!(admitted, 10);
-        let Err(LimitRefusal::Requests { retry_after, headers }) = store.admit(req(&key, &l, 0, 0)) else { panic!() };
+        let Err(LimitRefusal::Requests {
+            retry_after,
+            headers,
+        }) = store.admit(req(&key, &l, 0, 0))
+        else {
+            panic!()
+        };
         assert_eq!(retry_after, Duration::from_secs(6));
-        assert_eq!(headers.requests.map(|w| (w.limit, w.remaining)), Some((10, 0)));
+        assert_eq!(
+            headers.requests.map(|w| (w.limit, w.remaining)),
+            Some((10, 0))
+        );
         clock.advance(Duration::from_secs(6));
         assert!(store.admit(req(&key, &l, 0, 0)).is_ok());
     }
@@ -285,29 +351,42 @@ mod tests {
         let l = limits(None, Some(1000), None, None);
         let a = store.admit(req(&key, &l, 600, 0)).unwrap();
         assert_eq!(a.headers.tokens.unwrap().remaining, 400);
-        assert!(matches!(store.admit(req(&key, &l, 500, 0)), Err(LimitRefusal::Tokens { .. })));
+        assert!(matches!(
+            store.admit(req(&key, &l, 500, 0)),
+            Err(LimitRefusal::Tokens { .. })
+        ));
         store.settle(a, 100, 0); // used far less than reserved: refund 500
         let b = store.admit(req(&key, &l, 800, 0)).unwrap();
         store.settle(b, 2000, 0); // used far more: 100 - 800 + 800 - 2000 => debt of 1100
-        let Err(LimitRefusal::Tokens { retry_after, .. }) = store.admit(req(&key, &l, 1, 0)) else { panic!() };
+        let Err(LimitRefusal::Tokens { retry_after, .. }) = store.admit(req(&key, &l, 1, 0)) else {
+            panic!()
+        };
         assert_eq!(retry_after, Duration::from_millis(66_060));
         clock.advance(Duration::from_secs(67));
         assert!(store.admit(req(&key, &l, 1, 0)).is_ok());
-        assert!(matches!(store.admit(req(&key, &l, 1001, 0)), Err(LimitRefusal::TokensNeverFit { .. })));
+        assert!(matches!(
+            store.admit(req(&key, &l, 1001, 0)),
+            Err(LimitRefusal::TokensNeverFit { .. })
+        ));
     }
 
     #[test]
     fn budget_counts_reservations_so_concurrent_requests_cannot_overspend() {
         let (_, store, key) = setup();
         let l = limits(None, None, Some(1_000_000), None);
-        let held: Vec<_> = (0..50).filter_map(|_| store.admit(req(&key, &l, 0, 300_000)).ok()).collect();
+        let held: Vec<_> = (0..50)
+            .filter_map(|_| store.admit(req(&key, &l, 0, 300_000)).ok())
+            .collect();
         assert_eq!(held.len(), 3);
         for a in held {
             store.settle(a, 0, 250_000);
         }
         assert_eq!(store.month_spend("k", 100), 750_000);
         assert!(store.admit(req(&key, &l, 0, 250_000)).is_ok());
-        assert_eq!(store.admit(req(&key, &l, 0, 1)).unwrap_err(), LimitRefusal::Budget);
+        assert_eq!(
+            store.admit(req(&key, &l, 0, 1)).unwrap_err(),
+            LimitRefusal::Budget
+        );
     }
 
     #[test]
@@ -315,7 +394,12 @@ mod tests {
         let (_, store, key) = setup();
         let l = limits(None, None, Some(1_000), None);
         let old = store.admit(req(&key, &l, 0, 900)).unwrap();
-        let new = store.admit(AdmitRequest { month: 101, ..req(&key, &l, 0, 100) }).unwrap();
+        let new = store
+            .admit(AdmitRequest {
+                month: 101,
+                ..req(&key, &l, 0, 100)
+            })
+            .unwrap();
         store.settle(old, 0, 900);
         store.settle(new, 0, 50);
         assert_eq!(store.month_spend("k", 101), 50);
@@ -328,10 +412,16 @@ mod tests {
         let l = limits(Some(1), None, None, Some(2));
         let a = store.admit(req(&key, &l, 0, 0)).unwrap();
         // Refused by the RPM limit: its concurrency slot is given back.
-        assert!(matches!(store.admit(req(&key, &l, 0, 0)), Err(LimitRefusal::Requests { .. })));
+        assert!(matches!(
+            store.admit(req(&key, &l, 0, 0)),
+            Err(LimitRefusal::Requests { .. })
+        ));
         let l2 = limits(None, None, None, Some(2));
         let b = store.admit(req(&key, &l2, 0, 0)).unwrap();
-        assert_eq!(store.admit(req(&key, &l2, 0, 0)).unwrap_err(), LimitRefusal::Concurrency);
+        assert_eq!(
+            store.admit(req(&key, &l2, 0, 0)).unwrap_err(),
+            LimitRefusal::Concurrency
+        );
         store.settle(a, 0, 0);
         assert!(store.admit(req(&key, &l2, 0, 0)).is_ok());
         drop(b);

@@ -146,22 +146,26 @@ impl Metered {
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 Poll::Ready(None) => {
-                    let rest = self.stripper.as_mut().map(UsageStripper::finish).filter(|b| !b.is_empty());
+                    let rest = self
+                        .stripper
+                        .as_mut()
+                        .map(UsageStripper::finish)
+                        .filter(|b| !b.is_empty());
                     self.settle(Outcome::Completed);
                     return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
                 }
-            Poll::Pending => loop {
-                if self.idle.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                let deadline = self.last_frame + self.idle_timeout;
-                if Instant::now() >= deadline {
-                    tracing::warn!(target: "keygate::upstream", timeout = ?self.idle_timeout, "upstream stalled mid-answer");
-                    self.settle(Outcome::UpstreamIdle);
-                    return Poll::Ready(Some(Err(IdleTimeout(self.idle_timeout).into())));
-                }
-                self.idle.as_mut().reset(deadline);
-            },
+                Poll::Pending => loop {
+                    if self.idle.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let deadline = self.last_frame + self.idle_timeout;
+                    if Instant::now() >= deadline {
+                        tracing::warn!(target: "keygate::upstream", timeout = ?self.idle_timeout, "upstream stalled mid-answer");
+                        self.settle(Outcome::UpstreamIdle);
+                        return Poll::Ready(Some(Err(IdleTimeout(self.idle_timeout).into())));
+                    }
+                    self.idle.as_mut().reset(deadline);
+                },
             }
         }
     }

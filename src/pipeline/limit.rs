@@ -10,7 +10,7 @@ use super::ctx::RequestCtx;
 use super::route::RouteKind;
 use crate::config::KeyPolicy;
 use crate::error::Refusal;
-use crate::limits::{AdmitRequest, Admission, LimitRefusal, RateHeaders, Window, estimate};
+use crate::limits::{Admission, AdmitRequest, LimitRefusal, RateHeaders, Window, estimate};
 use crate::state::Metering;
 use crate::usage::{calendar, cost};
 
@@ -36,28 +36,50 @@ pub fn limit(
                 }),
             };
             ctx.prompt_estimate = prompt;
-            (prompt.saturating_add(completion), cost::worst_case(&model.price, prompt, completion))
+            (
+                prompt.saturating_add(completion),
+                cost::worst_case(&model.price, prompt, completion),
+            )
         }
         _ => (0, 0),
     };
-    let request = AdmitRequest { key_id: &key.id, limits: &key.limits, tokens, cost_micros, month };
-    metering.limits.admit(request).map_err(|refusal| match refusal {
-        LimitRefusal::Requests { retry_after, headers } => {
-            Refusal::RateLimited { limit: "requests", retry_after, headers }
-        }
-        LimitRefusal::Tokens { retry_after, headers } => {
-            Refusal::RateLimited { limit: "tokens", retry_after, headers }
-        }
-        LimitRefusal::TokensNeverFit { headers } => Refusal::TooManyTokens { headers },
-        LimitRefusal::Concurrency => Refusal::RateLimited {
-            limit: "concurrency",
-            retry_after: Duration::from_secs(1),
-            headers: RateHeaders::default(),
-        },
-        LimitRefusal::Budget => Refusal::BudgetExceeded {
-            retry_after: until_next_month(ctx.started_utc, month),
-        },
-    })
+    let request = AdmitRequest {
+        key_id: &key.id,
+        limits: &key.limits,
+        tokens,
+        cost_micros,
+        month,
+    };
+    metering
+        .limits
+        .admit(request)
+        .map_err(|refusal| match refusal {
+            LimitRefusal::Requests {
+                retry_after,
+                headers,
+            } => Refusal::RateLimited {
+                limit: "requests",
+                retry_after,
+                headers,
+            },
+            LimitRefusal::Tokens {
+                retry_after,
+                headers,
+            } => Refusal::RateLimited {
+                limit: "tokens",
+                retry_after,
+                headers,
+            },
+            LimitRefusal::TokensNeverFit { headers } => Refusal::TooManyTokens { headers },
+            LimitRefusal::Concurrency => Refusal::RateLimited {
+                limit: "concurrency",
+                retry_after: Duration::from_secs(1),
+                headers: RateHeaders::default(),
+            },
+            LimitRefusal::Budget => Refusal::BudgetExceeded {
+                retry_after: until_next_month(ctx.started_utc, month),
+            },
+        })
 }
 
 fn until_next_month(now: SystemTime, month: u32) -> Duration {
@@ -84,7 +106,14 @@ static NAMES: [[HeaderName; 3]; 2] = [
 /// Sets OpenAI's `x-ratelimit-*` headers for the limits the key has.
 pub fn set_rate_headers(headers: &mut HeaderMap, rate: &RateHeaders) {
     for (names, window) in NAMES.iter().zip([rate.requests, rate.tokens]) {
-        let Some(Window { limit, remaining, reset }) = window else { continue };
+        let Some(Window {
+            limit,
+            remaining,
+            reset,
+        }) = window
+        else {
+            continue;
+        };
         headers.insert(&names[0], HeaderValue::from(limit));
         headers.insert(&names[1], HeaderValue::from(remaining));
         if let Ok(v) = HeaderValue::try_from(go_duration(reset)) {

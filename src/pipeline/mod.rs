@@ -121,7 +121,14 @@ async fn process(
 
     let body = forward::read_body(body, &parts.headers, &config.server.limits).await?;
     let plan = authorize_body(rt, key, &route, &parts.headers, &body, ctx)?;
-    let admission = limit::limit(&gw.metering, key, route.kind, body.len(), plan.max_tokens, ctx)?;
+    let admission = limit::limit(
+        &gw.metering,
+        key,
+        route.kind,
+        body.len(),
+        plan.max_tokens,
+        ctx,
+    )?;
     settlement.admission = Some(admission);
     let body = plan.rewritten.map_or(body, Bytes::from);
 
@@ -204,8 +211,14 @@ fn authorize_body(
         }
         None => {}
     }
-    let mut plan = BodyPlan { max_tokens: fields.max_tokens, rewritten: None };
-    let streams_tokens = matches!(route.kind, RouteKind::ChatCompletions | RouteKind::Completions);
+    let mut plan = BodyPlan {
+        max_tokens: fields.max_tokens,
+        rewritten: None,
+    };
+    let streams_tokens = matches!(
+        route.kind,
+        RouteKind::ChatCompletions | RouteKind::Completions
+    );
     if fields.stream && streams_tokens && fields.include_usage != Some(true) {
         let rewritten = request_json::with_include_usage(body, &fields)
             .map_err(|e| Refusal::InvalidRequest(e.to_string().into()))?;

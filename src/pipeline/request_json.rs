@@ -259,14 +259,23 @@ mod tests {
         let body = b"{ \"model\": \"m\", \"stream\": true }\n";
         let f = parse(body, 128).unwrap();
         let out = with_include_usage(body, &f).unwrap();
-        assert_eq!(out, b"{ \"model\": \"m\", \"stream\": true ,\"stream_options\":{\"include_usage\":true}}");
+        assert_eq!(
+            out,
+            b"{ \"model\": \"m\", \"stream\": true ,\"stream_options\":{\"include_usage\":true}}"
+        );
         let body = br#"{"model":"m","stream_options":{"include_usage":false,"x":1},"stream":true}"#;
         let f = parse(body, 128).unwrap();
         let out = with_include_usage(body, &f).unwrap();
-        assert_eq!(out, br#"{"model":"m","stream_options":{"include_usage":true,"x":1},"stream":true}"#);
+        assert_eq!(
+            out,
+            br#"{"model":"m","stream_options":{"include_usage":true,"x":1},"stream":true}"#
+        );
         let body = br#"{"model":"m","stream_options":null}"#;
         let out = with_include_usage(body, &parse(body, 128).unwrap()).unwrap();
-        assert_eq!(out, br#"{"model":"m","stream_options":{"include_usage":true}}"#);
+        assert_eq!(
+            out,
+            br#"{"model":"m","stream_options":{"include_usage":true}}"#
+        );
     }
 
     #[test]

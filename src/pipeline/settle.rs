@@ -66,7 +66,13 @@ pub struct Settlement {
 
 impl Settlement {
     pub fn new(ctx: RequestCtx, metering: Arc<Metering>) -> Self {
-        Self { ctx, status: CLIENT_CLOSED, done: false, metering, admission: None }
+        Self {
+            ctx,
+            status: CLIENT_CLOSED,
+            done: false,
+            metering,
+            admission: None,
+        }
     }
 
     /// Records the status sent to the client.
@@ -105,7 +111,10 @@ impl Settlement {
         self.done = true;
         let (usage, estimated) = self.billed(outcome, seen);
         let ctx = &self.ctx;
-        let cost_micros = ctx.model.as_ref().map_or(0, |m| cost::of_usage(&m.price, &usage));
+        let cost_micros = ctx
+            .model
+            .as_ref()
+            .map_or(0, |m| cost::of_usage(&m.price, &usage));
         if let Some(admission) = self.admission.take() {
             let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
             self.metering.limits.settle(admission, tokens, cost_micros);

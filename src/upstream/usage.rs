@@ -105,7 +105,15 @@ impl UsageScanner {
                 overflow,
                 usage,
                 content_chunks,
-            } => feed_sse(partial, overflow, &mut Seen { usage, content_chunks }, chunk),
+            } => feed_sse(
+                partial,
+                overflow,
+                &mut Seen {
+                    usage,
+                    content_chunks,
+                },
+                chunk,
+            ),
             UsageScanner::Json { prev, cur } => {
                 if cur.len() + chunk.len() > JSON_HALF_WINDOW && !cur.is_empty() {
                     std::mem::swap(prev, cur);
@@ -129,7 +137,13 @@ impl UsageScanner {
             } => {
                 if !partial.is_empty() && !*overflow {
                     let line = std::mem::take(partial);
-                    sse_line(&line, &mut Seen { usage, content_chunks });
+                    sse_line(
+                        &line,
+                        &mut Seen {
+                            usage,
+                            content_chunks,
+                        },
+                    );
                 }
                 *usage
             }

@@ -14,7 +14,12 @@ struct Shape {
     usage: Option<IgnoredAny>,
 }
 
-const NULL_USAGE: [&[u8]; 4] = [b",\"usage\":null", b", \"usage\": null", b"\"usage\":null,", b"\"usage\": null, "];
+const NULL_USAGE: [&[u8]; 4] = [
+    b",\"usage\":null",
+    b", \"usage\": null",
+    b"\"usage\":null,",
+    b"\"usage\": null, ",
+];
 
 #[derive(Default)]
 pub struct UsageStripper {
@@ -62,7 +67,11 @@ impl UsageStripper {
             out.extend_from_slice(line);
             return;
         }
-        if let Ok(Shape { choices: Some(choices), usage: Some(_) }) = serde_json::from_slice::<Shape>(data) {
+        if let Ok(Shape {
+            choices: Some(choices),
+            usage: Some(_),
+        }) = serde_json::from_slice::<Shape>(data)
+        {
             if choices.is_empty() {
                 self.drop_blank = true;
                 return;
@@ -96,7 +105,11 @@ data: [DONE]\n\n";
                 out.extend_from_slice(&s.process(c));
             }
             out.extend_from_slice(&s.finish());
-            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(expected), "chunk size {size}");
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(expected),
+                "chunk size {size}"
+            );
         }
     }
 }

@@ -35,14 +35,35 @@ mod tests {
     #[test]
     fn deepseek_chat_prices_in_micro_dollars() {
         // $0.27 / $0.07 / $1.10 per million tokens.
-        let p = Price { input: 270_000, cached_input: 70_000, output: 1_100_000 };
-        let u = Usage { prompt_tokens: 1_000_000, cached_prompt_tokens: 0, completion_tokens: 1_000_000 };
+        let p = Price {
+            input: 270_000,
+            cached_input: 70_000,
+            output: 1_100_000,
+        };
+        let u = Usage {
+            prompt_tokens: 1_000_000,
+            cached_prompt_tokens: 0,
+            completion_tokens: 1_000_000,
+        };
         assert_eq!(of_usage(&p, &u), 1_370_000);
-        let cached = Usage { prompt_tokens: 1_000, cached_prompt_tokens: 400, completion_tokens: 10 };
+        let cached = Usage {
+            prompt_tokens: 1_000,
+            cached_prompt_tokens: 400,
+            completion_tokens: 10,
+        };
         // 600 * 0.27 + 400 * 0.07 + 10 * 1.10 = 162 + 28 + 11 = 201 micro-dollars.
         assert_eq!(of_usage(&p, &cached), 201);
         // 3 tokens at $0.27/M = 0.81 micro-dollars: rounded up, never down.
-        assert_eq!(of_usage(&p, &Usage { prompt_tokens: 3, ..Usage::default() }), 1);
+        assert_eq!(
+            of_usage(
+                &p,
+                &Usage {
+                    prompt_tokens: 3,
+                    ..Usage::default()
+                }
+            ),
+            1
+        );
         assert_eq!(worst_case(&p, 1000, 10), 281);
     }
 }

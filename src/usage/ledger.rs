@@ -75,9 +75,11 @@ impl Ledger {
     /// Opens (creating the file and its directory if needed) for writing.
     pub fn open(path: &Path) -> Result<Self, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let conn =
+            Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
             .and_then(|()| conn.busy_timeout(Duration::from_secs(5)))
@@ -89,11 +91,15 @@ impl Ledger {
     /// Opens an existing ledger for reading; works while a gateway writes to it.
     pub fn open_read_only(path: &Path) -> Result<Self, String> {
         if !path.exists() {
-            return Err(format!("no usage ledger at {} yet (nothing has been recorded)", path.display()));
+            return Err(format!(
+                "no usage ledger at {} yet (nothing has been recorded)",
+                path.display()
+            ));
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
         Ok(Self { conn })
     }
 
@@ -103,7 +109,9 @@ impl Ledger {
         let tx = self.conn.transaction()?;
         let mut new = 0;
         {
-            let mut mark = tx.prepare_cached("INSERT OR IGNORE INTO settled (request_id, day) VALUES (?1, ?2)")?;
+            let mut mark = tx.prepare_cached(
+                "INSERT OR IGNORE INTO settled (request_id, day) VALUES (?1, ?2)",
+            )?;
             let mut add = tx.prepare_cached(
                 "INSERT INTO usage_daily (key_id, day, model, requests, errors, prompt_tokens,
                     cached_prompt_tokens, completion_tokens, cost_micros, estimated, latency_ms_sum)
@@ -140,7 +148,10 @@ impl Ledger {
                     i64::from(e.estimated),
                     to_i64(e.latency_ms),
                 ])?;
-                touch.execute(params![&*e.key_id, humantime::format_rfc3339_seconds(e.finished).to_string()])?;
+                touch.execute(params![
+                    &*e.key_id,
+                    humantime::format_rfc3339_seconds(e.finished).to_string()
+                ])?;
             }
         }
         tx.commit()?;
@@ -149,8 +160,12 @@ impl Ledger {
 
     /// Forgets request ids older than the dedup window.
     pub fn prune(&self, now: SystemTime) -> rusqlite::Result<usize> {
-        let cutoff = calendar::day(now.checked_sub(SETTLED_RETENTION).unwrap_or(SystemTime::UNIX_EPOCH));
-        self.conn.execute("DELETE FROM settled WHERE day < ?1", params![cutoff])
+        let cutoff = calendar::day(
+            now.checked_sub(SETTLED_RETENTION)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+        self.conn
+            .execute("DELETE FROM settled WHERE day < ?1", params![cutoff])
     }
 
     /// Each key's spend in the month with this index, in micro-dollars.
@@ -159,13 +174,19 @@ impl Ledger {
         let mut stmt = self.conn.prepare(
             "SELECT key_id, SUM(cost_micros) FROM usage_daily WHERE day LIKE ?1 GROUP BY key_id",
         )?;
-        let rows = stmt.query_map(params![prefix], |r| Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?))))?;
+        let rows = stmt.query_map(params![prefix], |r| {
+            Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?)))
+        })?;
         rows.collect()
     }
 
     pub fn last_used(&self, key_id: &str) -> rusqlite::Result<Option<String>> {
         self.conn
-            .query_row("SELECT last_used FROM key_activity WHERE key_id = ?1", params![key_id], |r| r.get(0))
+            .query_row(
+                "SELECT last_used FROM key_activity WHERE key_id = ?1",
+                params![key_id],
+                |r| r.get(0),
+            )
             .optional()
     }
 

@@ -3,9 +3,9 @@
 //! `flush_every`. A full channel is counted and logged, never silent. `shutdown` flushes
 //! everything queued and waits for the thread.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
@@ -69,7 +69,10 @@ impl Recorder {
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
-                    tracing::error!(dropped_total = n, "usage ledger queue full or closed: usage event dropped");
+                    tracing::error!(
+                        dropped_total = n,
+                        "usage ledger queue full or closed: usage event dropped"
+                    );
                 }
             }
         }
@@ -87,7 +90,12 @@ impl Recorder {
     }
 }
 
-fn run(mut ledger: Ledger, rx: mpsc::Receiver<Msg>, flush_every: Duration, dropped: Arc<AtomicU64>) {
+fn run(
+    mut ledger: Ledger,
+    rx: mpsc::Receiver<Msg>,
+    flush_every: Duration,
+    dropped: Arc<AtomicU64>,
+) {
     let mut pending: Vec<UsageEvent> = Vec::with_capacity(BATCH);
     let mut next_flush = Instant::now() + flush_every;
     let mut writes: u64 = 0;

@@ -107,11 +107,18 @@ impl Gw {
         Self::start_with_clock(config, upstream_key, Arc::new(SystemClock::new())).await
     }
 
-    pub async fn start_with_clock(config: &str, upstream_key: Option<&str>, clock: Arc<dyn Clock>) -> Self {
+    pub async fn start_with_clock(
+        config: &str,
+        upstream_key: Option<&str>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut text = config.to_owned();
         if !text.contains("[storage]") {
-            text.push_str(&format!("\n[storage]\npath = \"{}\"\n", dir.path().join("keygate.db").display()));
+            text.push_str(&format!(
+                "\n[storage]\npath = \"{}\"\n",
+                dir.path().join("keygate.db").display()
+            ));
         }
         let config = keygate::config::from_str(&text, dir.path())
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
@@ -120,15 +127,31 @@ impl Gw {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(keygate::server::run(listener, gateway.clone(), None, async {
-            let _ = stopped.await;
-        }));
-        Self { addr, gateway, dir, stop: Some(stop), task: Some(task) }
+        let task = tokio::spawn(keygate::server::run(
+            listener,
+            gateway.clone(),
+            None,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            addr,
+            gateway,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Waits until every usage event so far is in the ledger, then opens it for reading.
     pub fn ledger(&self) -> keygate::usage::Ledger {
-        assert!(self.gateway.metering.recorder.flush(Duration::from_secs(10)));
+        assert!(
+            self.gateway
+                .metering
+                .recorder
+                .flush(Duration::from_secs(10))
+        );
         let path = &self.gateway.runtime().config.storage.path;
         keygate::usage::Ledger::open_read_only(path).unwrap()
     }
@@ -271,4 +294,76 @@ pub fn raw_status(answer: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// The real `keygate serve` binary on a config file, with its log on stderr.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub addr: String,
+    pub logs: tokio::task::JoinHandle<String>,
+}
+
+impl Binary {
+    pub async fn serve(bin: &str, config: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut early = String::new();
+        let addr = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                early.push_str(&line);
+                early.push('\n');
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    return rest.split_whitespace().next().unwrap().to_owned();
+                }
+            }
+            panic!("keygate exited before listening:\n{early}");
+        })
+        .await
+        .expect("keygate did not start");
+        let logs = tokio::spawn(async move {
+            let mut all = String::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        Self { child, addr, logs }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits for the process to exit and returns its status and log.
+    pub async fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        (status, self.logs.await.unwrap())
+    }
 }
