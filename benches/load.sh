@@ -36,9 +36,11 @@ TOKIO_WORKER_THREADS=1 taskset -c 1 "$bin/mock-upstream" 127.0.0.1:0 >"$tmp/mock
 pids+=($!)
 mock=$(wait_for "$tmp/mock.out" '127\.0\.0\.1:[0-9]+')
 
-key_json=$("$bin/keygate" keys generate --json)
-key=$(echo "$key_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-hash=$(echo "$key_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])')
+new_key() { # prints "key hash"
+  "$bin/keygate" keys generate --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["key"], d["hash"])'
+}
+read -r key hash < <(new_key)
+read -r lkey lhash < <(new_key)
 cat >"$tmp/keygate.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"
@@ -60,6 +62,19 @@ scopes = ["chat"]
 models = ["deepseek-chat"]
 allowed_ips = ["127.0.0.0/8"]
 allowed_referrers = []
+[[keys]]
+id = "bench_limited"
+name = "bench_limited"
+environment = "production"
+hash = "$lhash"
+created = 2026-01-01T00:00:00Z
+scopes = ["chat"]
+models = ["deepseek-chat"]
+allowed_ips = ["127.0.0.0/8"]
+# Every limit set, high enough that nothing is refused: measures their cost, not their effect.
+limits = { requests_per_minute = 4000000000, tokens_per_minute = 4000000000, monthly_spend_usd = 1000000, max_concurrent_requests = 100000 }
+[storage]
+path = "$tmp/keygate.db"
 TOML
 BENCH_UPSTREAM_KEY=sk-bench TOKIO_WORKER_THREADS=1 RUST_LOG="${RUST_LOG:-info}" \
   taskset -c 1 "$bin/keygate" serve --config "$tmp/keygate.toml" 2>"$tmp/keygate.log" &
@@ -95,12 +110,14 @@ for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null 
 
 for mode in plain stream; do
   if [ "$mode" = stream ]; then extra=', "stream": true, "stream_options": {"include_usage": true}'; else extra=''; fi
-  cat >"$tmp/$mode.lua" <<LUA
+  for k in "$key:" "$lkey:_limited"; do
+    cat >"$tmp/$mode${k#*:}.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $key"
+wrk.headers["Authorization"] = "Bearer ${k%%:*}"
 wrk.body = '{"model": "deepseek-chat", "messages": [{"role": "user", "content": "Say hello to the benchmark"}]$extra}'
 LUA
+  done
 done
 
 ticks=$(getconf CLK_TCK)
@@ -109,17 +126,19 @@ to_us() { # wrk latency like 1.23ms / 456.00us / 1.2s -> microseconds
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1e6; else print n }'
 }
 
-printf '%-7s %-6s %-8s %10s %10s %10s %14s\n' mode conns target req/s p50_us p99_us proxy_cpu_us
+printf '%-7s %-6s %-9s %10s %10s %10s %14s\n' mode conns target req/s p50_us p99_us proxy_cpu_us
 for mode in plain stream; do
   for conns in 1 64; do
-    for target in direct nginx keygate; do
+    for target in direct nginx keygate kg+limits; do
+      script="$tmp/$mode.lua"
       case $target in
         direct) addr=$mock; pid=$kg_pid ;;
         nginx) addr=127.0.0.1:$nginx_port; pid=$nginx_pid ;;
         keygate) addr=$gw; pid=$kg_pid ;;
+        kg+limits) addr=$gw; pid=$kg_pid; script="$tmp/${mode}_limited.lua" ;;
       esac
       before=$(cpu_ticks "$pid")
-      taskset -c 0 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$tmp/$mode.lua" \
+      taskset -c 0 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$script" \
         "http://$addr/v1/chat/completions" >"$tmp/wrk.out"
       after=$(cpu_ticks "$pid")
       if grep -q 'Non-2xx' "$tmp/wrk.out"; then echo "non-2xx answers:" >&2; cat "$tmp/wrk.out" >&2; exit 1; fi
@@ -129,7 +148,7 @@ for mode in plain stream; do
       p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$tmp/wrk.out")")
       cpu=$(awk -v d="$((after - before))" -v t="$ticks" -v n="$reqs" 'BEGIN { printf "%.1f", d / t / n * 1e6 }')
       [ "$target" = direct ] && cpu="-"
-      printf '%-7s %-6s %-8s %10s %10s %10s %14s\n' "$mode" "$conns" "$target" "$rps" "$p50" "$p99" "$cpu"
+      printf '%-7s %-6s %-9s %10s %10s %10s %14s\n' "$mode" "$conns" "$target" "$rps" "$p50" "$p99" "$cpu"
     done
   done
 done

@@ -16,7 +16,7 @@ use crate::upstream::{UpstreamClient, client};
 use crate::usage::{Ledger, Recorder, calendar};
 
 /// Most usage events queued for the ledger before new ones are counted as dropped.
-const LEDGER_QUEUE: usize = 65_536;
+const LEDGER_QUEUE: usize = 262_144;
 /// The ledger is written at least this often; a crash loses at most this much usage.
 pub const LEDGER_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 

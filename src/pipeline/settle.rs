@@ -123,7 +123,6 @@ impl Settlement {
         let latency = now.duration_since(ctx.started);
         if let Some(key_id) = &ctx.key_id {
             self.metering.recorder.record(UsageEvent {
-                request_id: UsageEvent::request_id_of(&ctx.id),
                 key_id: key_id.clone(),
                 model: ctx.model.as_ref().map(|m| m.name.clone()),
                 started: ctx.started_utc,

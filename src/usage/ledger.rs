@@ -2,8 +2,8 @@
 //!
 //! `usage_daily` holds one row per (key id, UTC day, model) with requests, errors, tokens by
 //! kind, cost, how many were estimated, and the latency sum. Month-to-date spend is the sum of
-//! a month's days. `key_activity` holds each key's last use. `settled` remembers recent request
-//! ids so a batch written twice (a retry after an error) is counted once.
+//! a month's days. `key_activity` holds each key's last use. A batch is one transaction, so
+//! it counts entirely or not at all.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,9 +13,6 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::calendar;
 use super::recorder::UsageEvent;
-
-/// How long request ids are kept for deduplication.
-const SETTLED_RETENTION: Duration = Duration::from_secs(3 * 24 * 3600);
 
 pub struct Ledger {
     conn: Connection,
@@ -56,11 +53,6 @@ CREATE TABLE IF NOT EXISTS key_activity (
     key_id TEXT PRIMARY KEY,
     last_used TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS settled (
-    request_id TEXT PRIMARY KEY,
-    day TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS settled_day ON settled (day);
 ";
 
 fn to_i64(n: u64) -> i64 {
@@ -103,21 +95,34 @@ impl Ledger {
         Ok(Self { conn })
     }
 
-    /// Writes a batch in one transaction; events already settled are skipped. Returns how many
-    /// were new.
+    /// Writes a batch in one transaction, summed per (key, day, model) first so a batch costs
+    /// one row update per group rather than per request. Returns the number of groups.
     pub fn write(&mut self, events: &[UsageEvent]) -> rusqlite::Result<usize> {
+        type Group<'a> = (&'a str, u64, &'a str);
+        let mut groups: HashMap<Group<'_>, DailyRow> = HashMap::new();
+        let mut last_used: HashMap<&str, SystemTime> = HashMap::new();
+        for e in events {
+            let day_number = e.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400);
+            let g = groups.entry((&e.key_id, day_number, e.model.as_deref().unwrap_or(""))).or_default();
+            g.requests += 1;
+            g.errors += u64::from(e.error);
+            g.prompt_tokens += e.usage.prompt_tokens;
+            g.cached_prompt_tokens += e.usage.cached_prompt_tokens;
+            g.completion_tokens += e.usage.completion_tokens;
+            g.cost_micros += e.cost_micros;
+            g.estimated += u64::from(e.estimated);
+            g.latency_ms_sum += e.latency_ms;
+            let t = last_used.entry(&e.key_id).or_insert(e.finished);
+            *t = (*t).max(e.finished);
+        }
         let tx = self.conn.transaction()?;
-        let mut new = 0;
         {
-            let mut mark = tx.prepare_cached(
-                "INSERT OR IGNORE INTO settled (request_id, day) VALUES (?1, ?2)",
-            )?;
             let mut add = tx.prepare_cached(
                 "INSERT INTO usage_daily (key_id, day, model, requests, errors, prompt_tokens,
                     cached_prompt_tokens, completion_tokens, cost_micros, estimated, latency_ms_sum)
-                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT (key_id, day, model) DO UPDATE SET
-                    requests = requests + 1,
+                    requests = requests + excluded.requests,
                     errors = errors + excluded.errors,
                     prompt_tokens = prompt_tokens + excluded.prompt_tokens,
                     cached_prompt_tokens = cached_prompt_tokens + excluded.cached_prompt_tokens,
@@ -126,46 +131,32 @@ impl Ledger {
                     estimated = estimated + excluded.estimated,
                     latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum",
             )?;
+            for ((key_id, day_number, model), g) in &groups {
+                let day = calendar::day(SystemTime::UNIX_EPOCH + Duration::from_secs(day_number * 86_400));
+                add.execute(params![
+                    key_id,
+                    day,
+                    model,
+                    to_i64(g.requests),
+                    to_i64(g.errors),
+                    to_i64(g.prompt_tokens),
+                    to_i64(g.cached_prompt_tokens),
+                    to_i64(g.completion_tokens),
+                    to_i64(g.cost_micros),
+                    to_i64(g.estimated),
+                    to_i64(g.latency_ms_sum),
+                ])?;
+            }
             let mut touch = tx.prepare_cached(
                 "INSERT INTO key_activity (key_id, last_used) VALUES (?1, ?2)
                  ON CONFLICT (key_id) DO UPDATE SET last_used = max(last_used, excluded.last_used)",
             )?;
-            for e in events {
-                let day = calendar::day(e.started);
-                if mark.execute(params![e.request_id, day])? == 0 {
-                    continue;
-                }
-                new += 1;
-                add.execute(params![
-                    &*e.key_id,
-                    day,
-                    e.model.as_deref().unwrap_or(""),
-                    i64::from(e.error),
-                    to_i64(e.usage.prompt_tokens),
-                    to_i64(e.usage.cached_prompt_tokens),
-                    to_i64(e.usage.completion_tokens),
-                    to_i64(e.cost_micros),
-                    i64::from(e.estimated),
-                    to_i64(e.latency_ms),
-                ])?;
-                touch.execute(params![
-                    &*e.key_id,
-                    humantime::format_rfc3339_seconds(e.finished).to_string()
-                ])?;
+            for (key_id, t) in &last_used {
+                touch.execute(params![key_id, humantime::format_rfc3339_seconds(*t).to_string()])?;
             }
         }
         tx.commit()?;
-        Ok(new)
-    }
-
-    /// Forgets request ids older than the dedup window.
-    pub fn prune(&self, now: SystemTime) -> rusqlite::Result<usize> {
-        let cutoff = calendar::day(
-            now.checked_sub(SETTLED_RETENTION)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-        );
-        self.conn
-            .execute("DELETE FROM settled WHERE day < ?1", params![cutoff])
+        Ok(groups.len())
     }
 
     /// Each key's spend in the month with this index, in micro-dollars.

@@ -1,14 +1,12 @@
 //! Moves usage events off the request path: `record` is a non-blocking `try_send` into a
-//! bounded channel; a dedicated thread batches events into the ledger at least every
-//! `flush_every`. A full channel is counted and logged, never silent. `shutdown` flushes
+//! bounded channel; a dedicated thread wakes at least every `flush_every` (and early when
+//! many events are queued) and writes what it finds to the ledger in one batch. A full channel is counted and logged, never silent. `shutdown` flushes
 //! everything queued and waits for the thread.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::time::{Duration, Instant, SystemTime};
-
-use http::HeaderValue;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, SystemTime};
 
 use super::Ledger;
 use crate::upstream::Usage;
@@ -16,7 +14,6 @@ use crate::upstream::Usage;
 /// One settled request, as the ledger records it.
 #[derive(Debug, Clone)]
 pub struct UsageEvent {
-    pub request_id: String,
     pub key_id: Arc<str>,
     pub model: Option<Arc<str>>,
     /// When the request started: its UTC day (and month) is where it counts.
@@ -30,12 +27,6 @@ pub struct UsageEvent {
     pub latency_ms: u64,
 }
 
-impl UsageEvent {
-    pub fn request_id_of(id: &HeaderValue) -> String {
-        id.to_str().unwrap_or_default().to_owned()
-    }
-}
-
 enum Msg {
     Event(Box<UsageEvent>),
     Flush(mpsc::Sender<()>),
@@ -43,36 +34,43 @@ enum Msg {
 
 /// Events kept for a retry when the ledger cannot be written; older ones are dropped beyond it.
 const MAX_PENDING: usize = 200_000;
-const BATCH: usize = 2048;
+/// The writer is woken early each time this many events are queued, so that a burst cannot
+/// fill the queue within one flush interval.
+const WAKE_EVERY: usize = 8192;
 
 pub struct Recorder {
     tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
+    queued: Arc<AtomicUsize>,
+    writer: std::thread::Thread,
 }
 
 impl Recorder {
     pub fn start(ledger: Ledger, capacity: usize, flush_every: Duration) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
-        let thread_dropped = dropped.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (d, q) = (dropped.clone(), queued.clone());
         // The thread ends once every sender is gone, after writing what was queued.
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("keygate-ledger".into())
-            .spawn(move || run(ledger, rx, flush_every, thread_dropped))?;
-        Ok(Self { tx, dropped })
+            .spawn(move || run(ledger, rx, flush_every, d, q))?;
+        Ok(Self { tx, dropped, queued, writer: handle.thread().clone() })
     }
 
-    /// Queues an event without blocking.
+    /// Queues an event without blocking. The writer sleeps between flushes instead of waking
+    /// for every event, which keeps the ledger's cost per request small.
     pub fn record(&self, event: UsageEvent) {
         match self.tx.try_send(Msg::Event(Box::new(event))) {
-            Ok(()) => {}
+            Ok(()) => {
+                if (self.queued.fetch_add(1, Ordering::Relaxed) + 1) % WAKE_EVERY == 0 {
+                    self.writer.unpark();
+                }
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
-                    tracing::error!(
-                        dropped_total = n,
-                        "usage ledger queue full or closed: usage event dropped"
-                    );
+                    tracing::error!(dropped_total = n, "usage ledger queue full or closed: usage event dropped");
                 }
             }
         }
@@ -86,7 +84,28 @@ impl Recorder {
     /// Blocks until everything queued before this call is in the ledger (or `timeout` passes).
     pub fn flush(&self, timeout: Duration) -> bool {
         let (ack, done) = mpsc::channel();
-        self.tx.send(Msg::Flush(ack)).is_ok() && done.recv_timeout(timeout).is_ok()
+        if self.tx.send(Msg::Flush(ack)).is_err() {
+            return false;
+        }
+        self.writer.unpark();
+        done.recv_timeout(timeout).is_ok()
+    }
+}
+
+fn write(ledger: &mut Ledger, pending: &mut Vec<UsageEvent>, dropped: &AtomicU64) {
+    if pending.is_empty() {
+        return;
+    }
+    match ledger.write(pending) {
+        Ok(_) => pending.clear(),
+        Err(e) => {
+            tracing::error!(error = %e, queued = pending.len(), "cannot write the usage ledger; will retry");
+            if pending.len() > MAX_PENDING {
+                let excess = pending.len() - MAX_PENDING;
+                pending.drain(..excess);
+                dropped.fetch_add(excess as u64, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -95,48 +114,28 @@ fn run(
     rx: mpsc::Receiver<Msg>,
     flush_every: Duration,
     dropped: Arc<AtomicU64>,
+    queued: Arc<AtomicUsize>,
 ) {
-    let mut pending: Vec<UsageEvent> = Vec::with_capacity(BATCH);
-    let mut next_flush = Instant::now() + flush_every;
-    let mut writes: u64 = 0;
+    let mut pending: Vec<UsageEvent> = Vec::new();
     loop {
-        let wait = next_flush.saturating_duration_since(Instant::now());
-        let (flush_now, ack, stop) = match rx.recv_timeout(wait) {
-            Ok(Msg::Event(e)) => {
-                pending.push(*e);
-                (pending.len() >= BATCH, None, false)
-            }
-            Ok(Msg::Flush(ack)) => (true, Some(ack), false),
-            Err(RecvTimeoutError::Timeout) => (true, None, false),
-            Err(RecvTimeoutError::Disconnected) => (true, None, true),
-        };
-        if flush_now {
-            if !pending.is_empty() {
-                match ledger.write(&pending) {
-                    Ok(_) => pending.clear(),
-                    Err(e) => {
-                        tracing::error!(error = %e, queued = pending.len(), "cannot write the usage ledger; will retry");
-                        if pending.len() > MAX_PENDING {
-                            let excess = pending.len() - MAX_PENDING;
-                            pending.drain(..excess);
-                            dropped.fetch_add(excess as u64, Ordering::Relaxed);
-                        }
-                    }
+        std::thread::park_timeout(flush_every);
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Event(e)) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    pending.push(*e);
                 }
-                writes += 1;
-                if writes % 3600 == 1 {
-                    if let Err(e) = ledger.prune(SystemTime::now()) {
-                        tracing::warn!(error = %e, "cannot prune settled request ids");
-                    }
+                Ok(Msg::Flush(ack)) => {
+                    write(&mut ledger, &mut pending, &dropped);
+                    let _ = ack.send(());
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    write(&mut ledger, &mut pending, &dropped);
+                    return;
                 }
             }
-            next_flush = Instant::now() + flush_every;
         }
-        if let Some(ack) = ack {
-            let _ = ack.send(());
-        }
-        if stop {
-            return;
-        }
+        write(&mut ledger, &mut pending, &dropped);
     }
 }
