@@ -30,9 +30,16 @@ pub fn limit(
             let completion = match kind {
                 RouteKind::Embeddings => 0,
                 _ => max_tokens.unwrap_or_else(|| {
-                    key.limits
+                    let cap = key
+                        .limits
                         .default_max_tokens
-                        .map_or(estimate::DEFAULT_MAX_TOKENS, |n| u64::from(n.get()))
+                        .map_or(estimate::DEFAULT_MAX_TOKENS, |n| u64::from(n.get()));
+                    // A request that names no cap must still fit a small tokens-per-minute
+                    // limit; what it uses beyond its reservation is settled as debt.
+                    match key.limits.tokens_per_minute {
+                        Some(tpm) => cap.min(u64::from(tpm.get()).saturating_sub(prompt).max(1)),
+                        None => cap,
+                    }
                 }),
             };
             ctx.prompt_estimate = prompt;

@@ -102,8 +102,13 @@ impl Ledger {
         let mut groups: HashMap<Group<'_>, DailyRow> = HashMap::new();
         let mut last_used: HashMap<&str, SystemTime> = HashMap::new();
         for e in events {
-            let day_number = e.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400);
-            let g = groups.entry((&e.key_id, day_number, e.model.as_deref().unwrap_or(""))).or_default();
+            let day_number = e
+                .started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() / 86_400);
+            let g = groups
+                .entry((&e.key_id, day_number, e.model.as_deref().unwrap_or("")))
+                .or_default();
             g.requests += 1;
             g.errors += u64::from(e.error);
             g.prompt_tokens += e.usage.prompt_tokens;
@@ -132,7 +137,9 @@ impl Ledger {
                     latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum",
             )?;
             for ((key_id, day_number, model), g) in &groups {
-                let day = calendar::day(SystemTime::UNIX_EPOCH + Duration::from_secs(day_number * 86_400));
+                let day = calendar::day(
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(day_number * 86_400),
+                );
                 add.execute(params![
                     key_id,
                     day,
@@ -152,7 +159,10 @@ impl Ledger {
                  ON CONFLICT (key_id) DO UPDATE SET last_used = max(last_used, excluded.last_used)",
             )?;
             for (key_id, t) in &last_used {
-                touch.execute(params![key_id, humantime::format_rfc3339_seconds(*t).to_string()])?;
+                touch.execute(params![
+                    key_id,
+                    humantime::format_rfc3339_seconds(*t).to_string()
+                ])?;
             }
         }
         tx.commit()?;

@@ -55,7 +55,12 @@ impl Recorder {
         let handle = std::thread::Builder::new()
             .name("keygate-ledger".into())
             .spawn(move || run(ledger, rx, flush_every, d, q))?;
-        Ok(Self { tx, dropped, queued, writer: handle.thread().clone() })
+        Ok(Self {
+            tx,
+            dropped,
+            queued,
+            writer: handle.thread().clone(),
+        })
     }
 
     /// Queues an event without blocking. The writer sleeps between flushes instead of waking
@@ -70,7 +75,10 @@ impl Recorder {
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
-                    tracing::error!(dropped_total = n, "usage ledger queue full or closed: usage event dropped");
+                    tracing::error!(
+                        dropped_total = n,
+                        "usage ledger queue full or closed: usage event dropped"
+                    );
                 }
             }
         }
