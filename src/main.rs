@@ -15,15 +15,6 @@ fn main() -> ExitCode {
             format,
         } => cli::usage::run(&config, key_id.as_deref(), days, format),
         Command::Keys(KeysCommand::Generate { json }) => cli::keys::generate(json),
-        Command::Serve { config } => match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt.block_on(cli::serve::run(&config)),
-            Err(e) => {
-                eprintln!("cannot start the async runtime: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Serve { config } => cli::serve::run(&config),
     }
 }

@@ -13,14 +13,46 @@ use crate::state::{Gateway, Runtime};
 /// How long exit waits for the ledger to take the last usage events.
 const LEDGER_SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub async fn run(path: &Path) -> ExitCode {
+/// Runs the gateway on its own runtime. After the drain, tasks still open (past the grace
+/// period) are dropped first, which settles their requests; only then is the ledger flushed,
+/// so their usage is written too.
+pub fn run(path: &Path) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (code, gateway) = rt.block_on(serve(path));
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    if let Some(gw) = gateway {
+        let recorder = &gw.metering.recorder;
+        if !recorder.flush(LEDGER_SHUTDOWN_FLUSH) {
+            tracing::error!("the usage ledger could not be flushed before exit");
+        }
+        if recorder.dropped() > 0 {
+            tracing::error!(
+                dropped = recorder.dropped(),
+                "usage events were dropped while running"
+            );
+        }
+        tracing::info!("keygate stopped");
+    }
+    code
+}
+
+async fn serve(path: &Path) -> (ExitCode, Option<Arc<Gateway>>) {
     let config = match crate::config::load(path) {
         Ok(c) => c,
         Err(e) => {
             for problem in &e.problems {
                 tracing::error!("config: {problem}");
             }
-            return ExitCode::FAILURE;
+            return (ExitCode::FAILURE, None);
         }
     };
     let listen = config.server.listen;
@@ -29,7 +61,7 @@ pub async fn run(path: &Path) -> ExitCode {
             Ok(acceptor) => Some(acceptor),
             Err(e) => {
                 tracing::error!("server.tls: {e}");
-                return ExitCode::FAILURE;
+                return (ExitCode::FAILURE, None);
             }
         },
         None => None,
@@ -47,14 +79,14 @@ pub async fn run(path: &Path) -> ExitCode {
         Ok(gw) => Arc::new(gw),
         Err(e) => {
             tracing::error!("{e}");
-            return ExitCode::FAILURE;
+            return (ExitCode::FAILURE, None);
         }
     };
     let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("cannot listen on {listen}: {e}");
-            return ExitCode::FAILURE;
+            return (ExitCode::FAILURE, None);
         }
     };
     let addr = listener
@@ -62,18 +94,7 @@ pub async fn run(path: &Path) -> ExitCode {
         .map_or_else(|_| listen.to_string(), |a| a.to_string());
     tracing::info!(%addr, keys, tls = tls.is_some(), "keygate listening");
     server::run(listener, gw.clone(), tls, shutdown_signal()).await;
-    let recorder = &gw.metering.recorder;
-    if !recorder.flush(LEDGER_SHUTDOWN_FLUSH) {
-        tracing::error!("the usage ledger could not be flushed before exit");
-    }
-    if recorder.dropped() > 0 {
-        tracing::error!(
-            dropped = recorder.dropped(),
-            "usage events were dropped while running"
-        );
-    }
-    tracing::info!("keygate stopped");
-    ExitCode::SUCCESS
+    (ExitCode::SUCCESS, Some(gw))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -90,9 +90,12 @@ pub fn run(config_path: &Path, key: Option<&str>, days: u32, format: Format) -> 
             return ExitCode::FAILURE;
         }
     };
-    let days = days.max(1);
-    let since =
-        calendar::day(SystemTime::now() - Duration::from_secs(u64::from(days - 1) * 86_400));
+    let days = days.clamp(1, 36_500);
+    let back = Duration::from_secs(u64::from(days - 1) * 86_400);
+    let start = SystemTime::now()
+        .checked_sub(back)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let since = calendar::day(start.max(SystemTime::UNIX_EPOCH));
     let rows = match ledger.daily(key, &since) {
         Ok(rows) => rows,
         Err(e) => {

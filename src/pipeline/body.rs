@@ -53,6 +53,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Metered(m) if m.stripper.is_some() => SizeHint::default(),
             ResponseBody::Metered(m) => m.inner.size_hint(),
         }
     }

@@ -27,25 +27,26 @@ pub fn limit(
     let (tokens, cost_micros) = match &ctx.model {
         Some(model) if kind.requires_model() => {
             let prompt = estimate::prompt_tokens(body_len);
-            let completion = match kind {
+            // What the completion may use: the request's own cap, else the key's default.
+            let cap = match kind {
                 RouteKind::Embeddings => 0,
                 _ => max_tokens.unwrap_or_else(|| {
-                    let cap = key
-                        .limits
+                    key.limits
                         .default_max_tokens
-                        .map_or(estimate::DEFAULT_MAX_TOKENS, |n| u64::from(n.get()));
-                    // A request that names no cap must still fit a small tokens-per-minute
-                    // limit; what it uses beyond its reservation is settled as debt.
-                    match key.limits.tokens_per_minute {
-                        Some(tpm) => cap.min(u64::from(tpm.get()).saturating_sub(prompt).max(1)),
-                        None => cap,
-                    }
+                        .map_or(estimate::DEFAULT_MAX_TOKENS, |n| u64::from(n.get()))
                 }),
+            };
+            // A request that names no cap must still fit a small tokens-per-minute limit:
+            // its token reservation is lowered (the rest is settled as debt), but its cost is
+            // always reserved at the full cap, so the budget bound holds.
+            let token_cap = match (max_tokens, key.limits.tokens_per_minute) {
+                (None, Some(tpm)) => cap.min(u64::from(tpm.get()).saturating_sub(prompt).max(1)),
+                _ => cap,
             };
             ctx.prompt_estimate = prompt;
             (
-                prompt.saturating_add(completion),
-                cost::worst_case(&model.price, prompt, completion),
+                prompt.saturating_add(token_cap),
+                cost::worst_case(&model.price, prompt, cap),
             )
         }
         _ => (0, 0),

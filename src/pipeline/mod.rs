@@ -64,6 +64,10 @@ pub async fn handle(
             );
             let idle = rt.config.upstream.idle_timeout;
             let stripper = settlement.ctx.strip_usage.then(UsageStripper::default);
+            if stripper.is_some() {
+                // The client gets fewer bytes than the upstream sent.
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
             let body = Metered::new(incoming, scanner, stripper, settlement, idle);
             Response::from_parts(parts, ResponseBody::Metered(Box::new(body)))
         }

@@ -93,7 +93,9 @@ impl Settlement {
         }
         let reached_upstream = self.ctx.upstream_started.is_some() && self.ctx.prompt_estimate > 0;
         let upstream_refused = outcome == Outcome::Completed && self.status >= 400;
-        if !reached_upstream || upstream_refused || matches!(outcome, Outcome::Refused(_)) {
+        // A timeout after sending: the upstream may well have done (and charged) the work.
+        let refused_before_work = matches!(outcome, Outcome::Refused(r) if r != "upstream_timeout");
+        if !reached_upstream || upstream_refused || refused_before_work {
             return (Usage::default(), false);
         }
         let usage = Usage {

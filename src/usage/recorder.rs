@@ -68,7 +68,9 @@ impl Recorder {
     pub fn record(&self, event: UsageEvent) {
         match self.tx.try_send(Msg::Event(Box::new(event))) {
             Ok(()) => {
-                if (self.queued.fetch_add(1, Ordering::Relaxed) + 1) % WAKE_EVERY == 0 {
+                // The writer may count the event out before it is counted in: wrap, never panic.
+                let queued = self.queued.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+                if queued % WAKE_EVERY == 0 {
                     self.writer.unpark();
                 }
             }
@@ -135,7 +137,10 @@ fn run(
                 }
                 Ok(Msg::Flush(ack)) => {
                     write(&mut ledger, &mut pending, &dropped);
-                    let _ = ack.send(());
+                    // Dropping the ack unanswered tells the caller the flush failed.
+                    if pending.is_empty() {
+                        let _ = ack.send(());
+                    }
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
