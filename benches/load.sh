@@ -44,6 +44,8 @@ read -r lkey lhash < <(new_key)
 cat >"$tmp/keygate.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
 [upstream]
 url = "http://$mock"
 api_key_env = "BENCH_UPSTREAM_KEY"
@@ -80,7 +82,7 @@ BENCH_UPSTREAM_KEY=sk-bench TOKIO_WORKER_THREADS=1 RUST_LOG="${RUST_LOG:-info}" 
   taskset -c 1 "$bin/keygate" serve --config "$tmp/keygate.toml" 2>"$tmp/keygate.log" &
 kg_pid=$!
 pids+=($kg_pid)
-gw=$(wait_for "$tmp/keygate.log" 'addr=127\.0\.0\.1:[0-9]+' | cut -d= -f2)
+gw=$(wait_for "$tmp/keygate.log" 'keygate listening addr=127\.0\.0\.1:[0-9]+' | cut -d= -f2)
 
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat >"$tmp/nginx.conf" <<NGINX

@@ -5,6 +5,8 @@
 //! - [`config`]: the TOML file as written ([`config::file`]) and validated ([`config::validate`]).
 //! - [`state`]: the immutable per-request [`state::Runtime`] snapshot and the shared [`state::Gateway`].
 //! - [`server`]: listeners, TLS, connection limits, graceful drain.
+//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: the Prometheus registry and metric names.
 //! - [`pipeline`]: a request's phases in order: admit, authenticate, authorize, forward, settle.
 //! - [`auth`]: the key format and the key table.
 //! - [`access`]: client-IP resolution, CIDR and referrer rules, scopes.
@@ -14,11 +16,13 @@
 //! - [`error`]: every refusal mapped to a status, an OpenAI error body and a reason label.
 
 pub mod access;
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod state;

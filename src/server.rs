@@ -1,12 +1,15 @@
 //! Listeners and connections: the accept loop (bounded connection count, back-off instead of
 //! spinning on EMFILE), optional TLS termination, hyper's HTTP/1 limits, and graceful drain.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerLimits;
 use crate::pipeline;
+use crate::pipeline::body::ResponseBody;
 use crate::state::Gateway;
 
 /// hyper refuses a read buffer smaller than this.
@@ -31,6 +35,28 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = gw.runtime().config.server.limits.clone();
+    let handler = move |peer, req| pipeline::handle(gw.clone(), peer, req);
+    serve(listener, limits, tls, handler, shutdown).await;
+}
+
+/// Serves the admin listener until `shutdown` resolves.
+pub async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+    let limits = gw.runtime().config.server.limits.clone();
+    let handler = move |_peer, req| crate::admin::handle(gw.clone(), req);
+    serve(listener, limits, None, handler, shutdown).await;
+}
+
+/// Serves any handler with the same connection handling (used by the admin listener too).
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    limits: ServerLimits,
+    tls: Option<TlsAcceptor>,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
+{
     let builder = http1_builder(&limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -60,8 +86,8 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gw = gw.clone();
-        let service = service_fn(move |req| pipeline::handle(gw.clone(), peer, req));
+        let handler = handler.clone();
+        let service = service_fn(move |req| handler(peer, req));
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();

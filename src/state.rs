@@ -12,6 +12,7 @@ use http::HeaderValue;
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::limits::{Clock, LimitStore, MemoryStore};
+use crate::metrics::Metrics;
 use crate::upstream::{UpstreamClient, client};
 use crate::usage::{Ledger, Recorder, calendar};
 
@@ -25,6 +26,7 @@ pub struct Metering {
     pub limits: Box<dyn LimitStore>,
     pub recorder: Recorder,
     pub clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
 }
 
 pub struct Runtime {
@@ -87,10 +89,12 @@ impl Gateway {
         }
         let recorder = Recorder::start(ledger, LEDGER_QUEUE, LEDGER_FLUSH_EVERY)
             .map_err(|e| format!("cannot start the ledger writer: {e}"))?;
+        let metrics = Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?;
         let metering = Arc::new(Metering {
             limits: Box::new(limits),
             recorder,
             clock,
+            metrics,
         });
         Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),

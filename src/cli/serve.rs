@@ -89,12 +89,36 @@ async fn serve(path: &Path) -> (ExitCode, Option<Arc<Gateway>>) {
             return (ExitCode::FAILURE, None);
         }
     };
+    let admin_listen = gw.runtime().config.admin.listen;
+    let admin = match TcpListener::bind(admin_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on {admin_listen} (admin.listen): {e}");
+            return (ExitCode::FAILURE, None);
+        }
+    };
     let addr = listener
         .local_addr()
         .map_or_else(|_| listen.to_string(), |a| a.to_string());
+    let admin_addr = admin
+        .local_addr()
+        .map_or_else(|_| admin_listen.to_string(), |a| a.to_string());
     tracing::info!(%addr, keys, tls = tls.is_some(), "keygate listening");
-    server::run(listener, gw.clone(), tls, shutdown_signal()).await;
+    tracing::info!(%admin_addr, "admin listening");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let admin_task = tokio::spawn(server::serve_admin(admin, gw.clone(), wait_for(stopped.clone())));
+    server::run(listener, gw.clone(), tls, async {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    })
+    .await;
+    let _ = admin_task.await;
     (ExitCode::SUCCESS, Some(gw))
+}
+
+async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

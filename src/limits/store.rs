@@ -76,6 +76,8 @@ pub trait LimitStore: Send + Sync {
     fn seed_spend(&self, key_id: &Arc<str>, month: u32, spent_micros: u64);
     /// Settled spend of `month`, in micro-dollars.
     fn month_spend(&self, key_id: &str, month: u32) -> u64;
+    /// The key's request and token windows now, without taking anything.
+    fn windows(&self, key_id: &str) -> RateHeaders;
 }
 
 #[derive(Default)]
@@ -272,6 +274,18 @@ impl LimitStore for MemoryStore {
         if month >= c.month {
             c.month = month;
             c.spent = spent_micros;
+        }
+    }
+
+    fn windows(&self, key_id: &str) -> RateHeaders {
+        let Some(state) = self.keys.get(key_id).map(|s| s.clone()) else {
+            return RateHeaders::default();
+        };
+        let now = self.clock.now_nanos();
+        let mut c = state.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        RateHeaders {
+            requests: window(&mut c.requests, now),
+            tokens: window(&mut c.tokens, now),
         }
     }
 

@@ -74,9 +74,16 @@ pub async fn send(
     let result =
         tokio::time::timeout(upstream.first_byte_timeout, gw.client.request(request)).await;
     ctx.upstream_first_byte = Some(started.elapsed());
+    let up = &gw.metering.metrics.upstream_up;
     match result {
-        Ok(Ok(response)) => Ok(response),
+        Ok(Ok(response)) => {
+            up.set(1);
+            Ok(response)
+        }
         Ok(Err(e)) => {
+            if e.is_connect() {
+                up.set(0);
+            }
             tracing::warn!(target: "keygate::upstream", request_id = ctx.id.to_str().unwrap_or(""), error = %e, "upstream request failed");
             if is_timeout(&e) {
                 Err(Refusal::UpstreamTimeout)

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::ctx::RequestCtx;
 use crate::limits::Admission;
 use crate::limits::estimate;
+use crate::metrics::Observation;
 use crate::state::Metering;
 use crate::upstream::Usage;
 use crate::usage::{UsageEvent, cost};
@@ -66,6 +67,7 @@ pub struct Settlement {
 
 impl Settlement {
     pub fn new(ctx: RequestCtx, metering: Arc<Metering>) -> Self {
+        metering.metrics.inflight.inc();
         Self {
             ctx,
             status: CLIENT_CLOSED,
@@ -136,11 +138,27 @@ impl Settlement {
                 latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
             });
         }
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let reason = match outcome {
-            Outcome::Refused(reason) => reason,
-            _ => "",
+        let refusal = match outcome {
+            Outcome::Refused(reason) => Some(reason),
+            _ => None,
         };
+        let upstream = ctx.upstream_started.map(|t| now.duration_since(t));
+        let metrics = &self.metering.metrics;
+        metrics.inflight.dec();
+        metrics.observe(&Observation {
+            key: ctx.key_id.as_deref().unwrap_or(""),
+            model: ctx.model.as_ref().map_or("", |m| &*m.name),
+            endpoint: ctx.endpoint,
+            status: self.status,
+            refusal,
+            usage,
+            cost_micros,
+            total: latency,
+            upstream,
+            ttfb: ctx.upstream_first_byte,
+        });
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let reason = refusal.unwrap_or("");
         tracing::info!(
             target: "keygate::request",
             request_id = ctx.id.to_str().unwrap_or(""),
@@ -153,7 +171,7 @@ impl Settlement {
             outcome = outcome.label(),
             reason,
             latency_ms = ms(latency),
-            upstream_ms = ctx.upstream_started.map(|t| ms(now.duration_since(t))),
+            upstream_ms = upstream.map(ms),
             ttfb_ms = ctx.upstream_first_byte.map(ms),
             prompt_tokens = usage.prompt_tokens,
             cached_prompt_tokens = usage.cached_prompt_tokens,

@@ -41,6 +41,8 @@ const WAKE_EVERY: usize = 8192;
 pub struct Recorder {
     tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
+    /// Unix milliseconds of the last successful write (or of the start).
+    last_write: Arc<AtomicU64>,
     queued: Arc<AtomicUsize>,
     writer: std::thread::Thread,
 }
@@ -50,14 +52,16 @@ impl Recorder {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let queued = Arc::new(AtomicUsize::new(0));
-        let (d, q) = (dropped.clone(), queued.clone());
+        let last_write = Arc::new(AtomicU64::new(unix_millis()));
+        let (d, q, w) = (dropped.clone(), queued.clone(), last_write.clone());
         // The thread ends once every sender is gone, after writing what was queued.
         let handle = std::thread::Builder::new()
             .name("keygate-ledger".into())
-            .spawn(move || run(ledger, rx, flush_every, d, q))?;
+            .spawn(move || run(ledger, rx, flush_every, d, q, w))?;
         Ok(Self {
             tx,
             dropped,
+            last_write,
             queued,
             writer: handle.thread().clone(),
         })
@@ -86,6 +90,11 @@ impl Recorder {
         }
     }
 
+    /// Time since the ledger was last written successfully (or since start, if never).
+    pub fn since_last_write(&self) -> Duration {
+        Duration::from_millis(unix_millis().saturating_sub(self.last_write.load(Ordering::Relaxed)))
+    }
+
     /// Events that could not be queued or written, since start.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -102,12 +111,22 @@ impl Recorder {
     }
 }
 
-fn write(ledger: &mut Ledger, pending: &mut Vec<UsageEvent>, dropped: &AtomicU64) {
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn write(ledger: &mut Ledger, pending: &mut Vec<UsageEvent>, dropped: &AtomicU64, last_write: &AtomicU64) {
     if pending.is_empty() {
+        last_write.store(unix_millis(), Ordering::Relaxed);
         return;
     }
     match ledger.write(pending) {
-        Ok(_) => pending.clear(),
+        Ok(_) => {
+            pending.clear();
+            last_write.store(unix_millis(), Ordering::Relaxed);
+        }
         Err(e) => {
             tracing::error!(error = %e, queued = pending.len(), "cannot write the usage ledger; will retry");
             if pending.len() > MAX_PENDING {
@@ -125,6 +144,7 @@ fn run(
     flush_every: Duration,
     dropped: Arc<AtomicU64>,
     queued: Arc<AtomicUsize>,
+    last_write: Arc<AtomicU64>,
 ) {
     let mut pending: Vec<UsageEvent> = Vec::new();
     loop {
@@ -136,7 +156,7 @@ fn run(
                     pending.push(*e);
                 }
                 Ok(Msg::Flush(ack)) => {
-                    write(&mut ledger, &mut pending, &dropped);
+                    write(&mut ledger, &mut pending, &dropped, &last_write);
                     // Dropping the ack unanswered tells the caller the flush failed.
                     if pending.is_empty() {
                         let _ = ack.send(());
@@ -144,11 +164,11 @@ fn run(
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    write(&mut ledger, &mut pending, &dropped);
+                    write(&mut ledger, &mut pending, &dropped, &last_write);
                     return;
                 }
             }
         }
-        write(&mut ledger, &mut pending, &dropped);
+        write(&mut ledger, &mut pending, &dropped, &last_write);
     }
 }

@@ -84,12 +84,14 @@ pub fn key_toml(id: &str, hash: &str, extra: &str) -> String {
 /// A standard config: the mock as upstream and `extra` appended (keys, server settings...).
 pub fn config_text(upstream: &str, server_extra: &str, rest: &str) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n\n[upstream]\nurl = \"{upstream}\"\napi_key_env = \"KEYGATE_TEST_UNUSED\"\nconnect_timeout = \"1s\"\nfirst_byte_timeout = \"3s\"\nidle_timeout = \"3s\"\n{MODELS}\n{rest}"
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"{upstream}\"\napi_key_env = \"KEYGATE_TEST_UNUSED\"\nconnect_timeout = \"1s\"\nfirst_byte_timeout = \"3s\"\nidle_timeout = \"3s\"\n{MODELS}\n{rest}"
     )
 }
 
 pub struct Gw {
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: SocketAddr,
     pub gateway: Arc<Gateway>,
     /// Holds the usage ledger unless the config names its own `[storage]`.
     pub dir: tempfile::TempDir,
@@ -127,6 +129,13 @@ impl Gw {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        tokio::spawn(keygate::server::serve_admin(
+            admin_listener,
+            gateway.clone(),
+            std::future::pending(),
+        ));
         let task = tokio::spawn(keygate::server::run(
             listener,
             gateway.clone(),
@@ -137,6 +146,7 @@ impl Gw {
         ));
         Self {
             addr,
+            admin,
             gateway,
             dir,
             stop: Some(stop),
@@ -158,6 +168,10 @@ impl Gw {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     /// Stops accepting and waits for the drain to finish.
@@ -324,7 +338,7 @@ impl Binary {
             while let Some(line) = lines.next_line().await.unwrap() {
                 early.push_str(&line);
                 early.push('\n');
-                if let Some(rest) = line.split("addr=").nth(1) {
+                if let Some(rest) = line.split("keygate listening addr=").nth(1) {
                     return rest.split_whitespace().next().unwrap().to_owned();
                 }
             }
@@ -346,6 +360,7 @@ impl Binary {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
 
     pub fn signal(&self, sig: &str) {
         let pid = self.child.id().unwrap().to_string();
