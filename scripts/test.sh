@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs keygate's whole test suite on a fresh machine: installs what the tests need when it is
-# missing (a Python venv with the openai SDK), then formatting, lints and every test.
+# missing (a Python venv with the openai SDK; promtool from Debian's prometheus package), then
+# formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,25 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import openai' 2>/dev/nul
   .venv/bin/pip install --quiet --disable-pip-version-check 'openai>=1.40,<3'
 fi
 export KEYGATE_PYTHON="$PWD/.venv/bin/python"
+
+# promtool: taken from Debian's prometheus package without installing it, so no Prometheus
+# server is started on this machine.
+if command -v promtool >/dev/null 2>&1; then
+  KEYGATE_PROMTOOL=$(command -v promtool)
+else
+  KEYGATE_PROMTOOL="$PWD/.tools/prometheus/usr/bin/promtool"
+  if [ ! -x "$KEYGATE_PROMTOOL" ]; then
+    echo "== fetching promtool from Debian's prometheus package"
+    mkdir -p .tools/deb
+    if ! (cd .tools/deb && apt-get download prometheus >/dev/null 2>&1); then
+      if [ "$(id -u)" = 0 ]; then apt-get update -qq; else sudo apt-get update -qq; fi
+      (cd .tools/deb && apt-get download prometheus)
+    fi
+    dpkg -x .tools/deb/prometheus_*.deb .tools/prometheus
+  fi
+fi
+"$KEYGATE_PROMTOOL" --version >/dev/null
+export KEYGATE_PROMTOOL
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "== installing cargo-nextest"

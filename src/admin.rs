@@ -19,7 +19,10 @@ use crate::usage::calendar;
 /// How long `/readyz` waits for a TCP connection to the upstream.
 const UPSTREAM_PROBE: Duration = Duration::from_secs(2);
 
-pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => metrics(&gw),
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "pass"})),
@@ -35,7 +38,10 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
 fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -51,13 +57,27 @@ fn refresh_gauges(gw: &Gateway) {
     m.key_expiry.reset();
     for key in &rt.config.keys {
         let id = &*key.id;
-        m.key_spend.with_label_values(&[id]).set(metering.limits.month_spend(id, month) as f64 / 1e6);
+        m.key_spend
+            .with_label_values(&[id])
+            .set(metering.limits.month_spend(id, month) as f64 / 1e6);
         let l = &key.limits;
         let limits = [
-            ("requests_per_minute", l.requests_per_minute.map(|n| f64::from(n.get()))),
-            ("tokens_per_minute", l.tokens_per_minute.map(|n| f64::from(n.get()))),
-            ("monthly_spend_usd", l.monthly_spend_micros.map(|n| n as f64 / 1e6)),
-            ("max_concurrent_requests", l.max_concurrent_requests.map(|n| f64::from(n.get()))),
+            (
+                "requests_per_minute",
+                l.requests_per_minute.map(|n| f64::from(n.get())),
+            ),
+            (
+                "tokens_per_minute",
+                l.tokens_per_minute.map(|n| f64::from(n.get())),
+            ),
+            (
+                "monthly_spend_usd",
+                l.monthly_spend_micros.map(|n| n as f64 / 1e6),
+            ),
+            (
+                "max_concurrent_requests",
+                l.max_concurrent_requests.map(|n| f64::from(n.get())),
+            ),
         ];
         for (kind, value) in limits {
             if let Some(v) = value {
@@ -65,10 +85,13 @@ fn refresh_gauges(gw: &Gateway) {
             }
         }
         if let Some(expires) = key.expires {
-            m.key_expiry.with_label_values(&[id]).set(unix_seconds(expires));
+            m.key_expiry
+                .with_label_values(&[id])
+                .set(unix_seconds(expires));
         }
     }
-    m.ledger_flush_lag.set(metering.recorder.since_last_write().as_secs_f64());
+    m.ledger_flush_lag
+        .set(metering.recorder.since_last_write().as_secs_f64());
     m.sync_ledger_dropped(metering.recorder.dropped());
 }
 
@@ -83,7 +106,10 @@ fn metrics(gw: &Gateway) -> Response<ResponseBody> {
             );
             r
         }
-        Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"status": "fail", "error": e.to_string()})),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"status": "fail", "error": e.to_string()}),
+        ),
     }
 }
 
@@ -98,7 +124,10 @@ fn check(status: &str, detail: Value) -> Value {
 async fn readyz(gw: &Gateway) -> Response<ResponseBody> {
     let rt = gw.runtime();
     let metering = &gw.metering;
-    let config = check("pass", json!({"keys": rt.config.keys.len(), "models": rt.config.models.iter().count()}));
+    let config = check(
+        "pass",
+        json!({"keys": rt.config.keys.len(), "models": rt.config.models.iter().count()}),
+    );
 
     let lag = metering.recorder.since_last_write();
     let dropped = metering.recorder.dropped();
@@ -116,8 +145,18 @@ async fn readyz(gw: &Gateway) -> Response<ResponseBody> {
 
     let upstream_cfg = &rt.config.upstream;
     let host = upstream_cfg.authority.host().to_owned();
-    let port = upstream_cfg.authority.port_u16().unwrap_or(if upstream_cfg.scheme == http::uri::Scheme::HTTPS { 443 } else { 80 });
-    let probe = tokio::time::timeout(UPSTREAM_PROBE, tokio::net::TcpStream::connect((host.as_str(), port))).await;
+    let port = upstream_cfg.authority.port_u16().unwrap_or(
+        if upstream_cfg.scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        },
+    );
+    let probe = tokio::time::timeout(
+        UPSTREAM_PROBE,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await;
     let upstream = match (probe, rt.upstream_auth.is_some()) {
         (Ok(Ok(_)), true) => check("pass", json!({"reachable": true})),
         (Ok(Ok(_)), false) => check(
@@ -125,7 +164,10 @@ async fn readyz(gw: &Gateway) -> Response<ResponseBody> {
             json!({"reachable": true, "detail": format!("${} (upstream.api_key_env) is not set", upstream_cfg.api_key_env)}),
         ),
         (Ok(Err(e)), _) => check("fail", json!({"reachable": false, "detail": e.to_string()})),
-        (Err(_), _) => check("fail", json!({"reachable": false, "detail": "connect timed out"})),
+        (Err(_), _) => check(
+            "fail",
+            json!({"reachable": false, "detail": "connect timed out"}),
+        ),
     };
 
     let mut busiest: Option<(f64, &str, &str)> = None;
@@ -149,7 +191,11 @@ async fn readyz(gw: &Gateway) -> Response<ResponseBody> {
     };
 
     let (total, errors) = metering.metrics.recent.totals();
-    let ratio = if total == 0 { 0.0 } else { errors as f64 / total as f64 };
+    let ratio = if total == 0 {
+        0.0
+    } else {
+        errors as f64 / total as f64
+    };
     let error_status = if ratio > 0.25 {
         "fail"
     } else if ratio > 0.05 {
@@ -157,7 +203,10 @@ async fn readyz(gw: &Gateway) -> Response<ResponseBody> {
     } else {
         "pass"
     };
-    let error_rate = check(error_status, json!({"window_seconds": 300, "requests": total, "server_errors": errors, "ratio": ratio}));
+    let error_rate = check(
+        error_status,
+        json!({"window_seconds": 300, "requests": total, "server_errors": errors, "ratio": ratio}),
+    );
 
     let checks = json!({
         "config": config,
@@ -177,6 +226,10 @@ async fn readyz(gw: &Gateway) -> Response<ResponseBody> {
     } else {
         "pass"
     };
-    let code = if overall == "fail" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let code = if overall == "fail" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     json_response(code, &json!({"status": overall, "checks": checks}))
 }

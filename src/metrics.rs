@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::upstream::Usage;
@@ -59,8 +59,8 @@ pub const SECURITY_EVENT_TYPES: [&str; 6] = [
 
 /// From 100 µs (keygate's own overhead) to 10 minutes (long streams).
 const LATENCY_BUCKETS: [f64; 22] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0, 120.0, 300.0, 450.0, 600.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 450.0, 600.0,
 ];
 
 /// One settled request, as metrics see it.
@@ -88,7 +88,9 @@ const SLOT_SECS: u64 = 10;
 
 impl RecentOutcomes {
     fn now_slot() -> u64 {
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() / SLOT_SECS)
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / SLOT_SECS)
     }
 
     pub fn record(&self, server_error: bool) {
@@ -110,7 +112,10 @@ impl RecentOutcomes {
             .iter()
             .filter(|(stamp, _, _)| now.saturating_sub(stamp.load(Ordering::Relaxed)) < 30)
             .fold((0, 0), |(t, e), (_, total, errors)| {
-                (t + total.load(Ordering::Relaxed), e + errors.load(Ordering::Relaxed))
+                (
+                    t + total.load(Ordering::Relaxed),
+                    e + errors.load(Ordering::Relaxed),
+                )
             })
     }
 }
@@ -160,11 +165,17 @@ impl Metrics {
             }};
         }
         let histogram = |name: &str, help: &str| {
-            HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), &["endpoint"])
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                &["endpoint"],
+            )
         };
         let m = Self {
             requests: register!(IntCounterVec::new(
-                Opts::new(names::REQUESTS, "Requests by key, model, route template and status class (2xx, 4xx, 5xx)."),
+                Opts::new(
+                    names::REQUESTS,
+                    "Requests by key, model, route template and status class (2xx, 4xx, 5xx)."
+                ),
                 &["key", "model", "endpoint", "status"]
             )?),
             tokens: register!(IntCounterVec::new(
@@ -174,36 +185,89 @@ impl Metrics {
                 ),
                 &["key", "model", "kind"]
             )?),
-            cost: register!(CounterVec::new(Opts::new(names::COST, "Cost in US dollars, by key and model."), &["key", "model"])?),
+            cost: register!(CounterVec::new(
+                Opts::new(names::COST, "Cost in US dollars, by key and model."),
+                &["key", "model"]
+            )?),
             rate_limited: register!(IntCounterVec::new(
-                Opts::new(names::RATE_LIMITED, "Requests refused by a per-key limit: requests, tokens, concurrency or spend."),
+                Opts::new(
+                    names::RATE_LIMITED,
+                    "Requests refused by a per-key limit: requests, tokens, concurrency or spend."
+                ),
                 &["key", "limit"]
             )?),
             auth_failures: register!(IntCounterVec::new(
-                Opts::new(names::AUTH_FAILURES, "Requests refused before a key was authenticated, by reason."),
+                Opts::new(
+                    names::AUTH_FAILURES,
+                    "Requests refused before a key was authenticated, by reason."
+                ),
                 &["reason"]
             )?),
             security_events: register!(IntCounterVec::new(
                 Opts::new(names::SECURITY_EVENTS, "Security events, by type."),
                 &["type"]
             )?),
-            request_duration: register!(histogram(names::REQUEST_DURATION, "Time from request to the end of the answer, by route template.")?),
-            upstream_duration: register!(histogram(names::UPSTREAM_DURATION, "Time spent on the upstream call (to the end of its answer), by route template.")?),
-            upstream_ttfb: register!(histogram(names::UPSTREAM_TTFB, "Time from sending upstream to the upstream's response head, by route template.")?),
-            overhead: register!(histogram(names::OVERHEAD, "keygate's own time: the request's duration minus the upstream call, by route template.")?),
-            inflight: register!(IntGauge::new(names::INFLIGHT, "Requests being handled now.")?),
-            key_spend: register!(GaugeVec::new(Opts::new(names::KEY_SPEND, "Spend of the current UTC month, in US dollars."), &["key"])?),
+            request_duration: register!(histogram(
+                names::REQUEST_DURATION,
+                "Time from request to the end of the answer, by route template."
+            )?),
+            upstream_duration: register!(histogram(
+                names::UPSTREAM_DURATION,
+                "Time spent on the upstream call (to the end of its answer), by route template."
+            )?),
+            upstream_ttfb: register!(histogram(
+                names::UPSTREAM_TTFB,
+                "Time from sending upstream to the upstream's response head, by route template."
+            )?),
+            overhead: register!(histogram(
+                names::OVERHEAD,
+                "keygate's own time: the request's duration minus the upstream call, by route template."
+            )?),
+            inflight: register!(IntGauge::new(
+                names::INFLIGHT,
+                "Requests being handled now."
+            )?),
+            key_spend: register!(GaugeVec::new(
+                Opts::new(
+                    names::KEY_SPEND,
+                    "Spend of the current UTC month, in US dollars."
+                ),
+                &["key"]
+            )?),
             key_limit: register!(GaugeVec::new(
-                Opts::new(names::KEY_LIMIT, "Configured limits: requests_per_minute, tokens_per_minute, monthly_spend_usd, max_concurrent_requests."),
+                Opts::new(
+                    names::KEY_LIMIT,
+                    "Configured limits: requests_per_minute, tokens_per_minute, monthly_spend_usd, max_concurrent_requests."
+                ),
                 &["key", "kind"]
             )?),
-            key_expiry: register!(GaugeVec::new(Opts::new(names::KEY_EXPIRY, "When a key expires (Unix time), for keys that expire."), &["key"])?),
-            config_reloads: register!(IntCounterVec::new(Opts::new(names::CONFIG_RELOADS, "Config reloads by result."), &["result"])?),
-            upstream_up: register!(IntGauge::new(names::UPSTREAM_UP, "1 if the last upstream call got an answer, 0 if it could not reach the upstream.")?),
-            ledger_flush_lag: register!(prometheus::Gauge::new(names::LEDGER_FLUSH_LAG, "Seconds since the usage ledger was last written successfully.")?),
-            ledger_dropped: register!(IntCounter::new(names::LEDGER_DROPPED, "Usage events that could not be queued or written.")?),
+            key_expiry: register!(GaugeVec::new(
+                Opts::new(
+                    names::KEY_EXPIRY,
+                    "When a key expires (Unix time), for keys that expire."
+                ),
+                &["key"]
+            )?),
+            config_reloads: register!(IntCounterVec::new(
+                Opts::new(names::CONFIG_RELOADS, "Config reloads by result."),
+                &["result"]
+            )?),
+            upstream_up: register!(IntGauge::new(
+                names::UPSTREAM_UP,
+                "1 if the last upstream call got an answer, 0 if it could not reach the upstream."
+            )?),
+            ledger_flush_lag: register!(prometheus::Gauge::new(
+                names::LEDGER_FLUSH_LAG,
+                "Seconds since the usage ledger was last written successfully."
+            )?),
+            ledger_dropped: register!(IntCounter::new(
+                names::LEDGER_DROPPED,
+                "Usage events that could not be queued or written."
+            )?),
             ledger_dropped_seen: AtomicI64::new(0),
-            recent: RecentOutcomes { slots: std::array::from_fn(|_| Default::default()) },
+            recent: RecentOutcomes {
+                slots: std::array::from_fn(|_| Default::default()),
+            },
             registry,
         };
         for reason in AUTH_REASONS {
@@ -226,13 +290,21 @@ impl Metrics {
             .inc();
         if !o.model.is_empty() && o.refusal.is_none() {
             let u = &o.usage;
-            for (kind, n) in [("prompt", u.prompt_tokens), ("cached_prompt", u.cached_prompt_tokens), ("completion", u.completion_tokens)] {
+            for (kind, n) in [
+                ("prompt", u.prompt_tokens),
+                ("cached_prompt", u.cached_prompt_tokens),
+                ("completion", u.completion_tokens),
+            ] {
                 if n > 0 {
-                    self.tokens.with_label_values(&[o.key, o.model, kind]).inc_by(n);
+                    self.tokens
+                        .with_label_values(&[o.key, o.model, kind])
+                        .inc_by(n);
                 }
             }
             if o.cost_micros > 0 {
-                self.cost.with_label_values(&[o.key, o.model]).inc_by(o.cost_micros as f64 / 1e6);
+                self.cost
+                    .with_label_values(&[o.key, o.model])
+                    .inc_by(o.cost_micros as f64 / 1e6);
             }
         }
         if let Some(reason) = o.refusal {
@@ -249,7 +321,11 @@ impl Metrics {
             };
             if let Some(limit) = limit {
                 self.rate_limited.with_label_values(&[o.key, limit]).inc();
-                self.security_event(if limit == "spend" { "budget_exceeded" } else { "rate_limited" });
+                self.security_event(if limit == "spend" {
+                    "budget_exceeded"
+                } else {
+                    "rate_limited"
+                });
             }
             match reason {
                 "ip_not_allowed" => self.security_event("ip_denied"),
@@ -259,14 +335,22 @@ impl Metrics {
         }
         self.recent.record(o.status >= 500);
         let secs = |d: Duration| d.as_secs_f64();
-        self.request_duration.with_label_values(&[o.endpoint]).observe(secs(o.total));
+        self.request_duration
+            .with_label_values(&[o.endpoint])
+            .observe(secs(o.total));
         let own = o.total.saturating_sub(o.upstream.unwrap_or_default());
-        self.overhead.with_label_values(&[o.endpoint]).observe(secs(own));
+        self.overhead
+            .with_label_values(&[o.endpoint])
+            .observe(secs(own));
         if let Some(up) = o.upstream {
-            self.upstream_duration.with_label_values(&[o.endpoint]).observe(secs(up));
+            self.upstream_duration
+                .with_label_values(&[o.endpoint])
+                .observe(secs(up));
         }
         if let Some(t) = o.ttfb {
-            self.upstream_ttfb.with_label_values(&[o.endpoint]).observe(secs(t));
+            self.upstream_ttfb
+                .with_label_values(&[o.endpoint])
+                .observe(secs(t));
         }
     }
 
@@ -293,5 +377,6 @@ impl Metrics {
 
 /// Unix seconds of a wall-clock time.
 pub fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

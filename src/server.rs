@@ -40,7 +40,11 @@ pub async fn run(
 }
 
 /// Serves the admin listener until `shutdown` resolves.
-pub async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+pub async fn serve_admin(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) {
     let limits = gw.runtime().config.server.limits.clone();
     let handler = move |_peer, req| crate::admin::handle(gw.clone(), req);
     serve(listener, limits, None, handler, shutdown).await;

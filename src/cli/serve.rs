@@ -107,7 +107,11 @@ async fn serve(path: &Path) -> (ExitCode, Option<Arc<Gateway>>) {
     tracing::info!(%admin_addr, "admin listening");
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let admin_task = tokio::spawn(server::serve_admin(admin, gw.clone(), wait_for(stopped.clone())));
+    let admin_task = tokio::spawn(server::serve_admin(
+        admin,
+        gw.clone(),
+        wait_for(stopped.clone()),
+    ));
     server::run(listener, gw.clone(), tls, async {
         shutdown_signal().await;
         let _ = stop.send(true);

@@ -282,7 +282,10 @@ impl LimitStore for MemoryStore {
             return RateHeaders::default();
         };
         let now = self.clock.now_nanos();
-        let mut c = state.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut c = state
+            .counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         RateHeaders {
             requests: window(&mut c.requests, now),
             tokens: window(&mut c.tokens, now),

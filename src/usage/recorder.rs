@@ -117,7 +117,12 @@ fn unix_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn write(ledger: &mut Ledger, pending: &mut Vec<UsageEvent>, dropped: &AtomicU64, last_write: &AtomicU64) {
+fn write(
+    ledger: &mut Ledger,
+    pending: &mut Vec<UsageEvent>,
+    dropped: &AtomicU64,
+    last_write: &AtomicU64,
+) {
     if pending.is_empty() {
         last_write.store(unix_millis(), Ordering::Relaxed);
         return;

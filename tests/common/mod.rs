@@ -361,7 +361,6 @@ impl Binary {
         format!("http://{}{path}", self.addr)
     }
 
-
     pub fn signal(&self, sig: &str) {
         let pid = self.child.id().unwrap().to_string();
         assert!(
@@ -381,4 +380,45 @@ impl Binary {
             .unwrap();
         (status, self.logs.await.unwrap())
     }
+}
+
+/// promtool (Debian's prometheus package): `$KEYGATE_PROMTOOL`, `promtool` on PATH, or the copy
+/// `scripts/test.sh` extracts into `.tools/`. Missing is an error, never a skip.
+pub fn promtool() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("KEYGATE_PROMTOOL") {
+        return p.into();
+    }
+    let local =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/prometheus/usr/bin/promtool");
+    if local.exists() {
+        return local;
+    }
+    let on_path = std::process::Command::new("promtool")
+        .arg("--version")
+        .output();
+    assert!(
+        on_path.is_ok_and(|o| o.status.success()),
+        "promtool is missing: run scripts/test.sh, which installs it from Debian's prometheus package"
+    );
+    "promtool".into()
+}
+
+/// Every sample line of a Prometheus text exposition, as `name{labels}`.
+pub fn series(exposition: &str) -> std::collections::BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_owned()))
+        .collect()
+}
+
+/// The value of one sample (`name{labels}` exactly as exposed), if present.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
 }

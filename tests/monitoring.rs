@@ -1,0 +1,145 @@
+//! The shipped Prometheus and Grafana files: rules and config that promtool accepts, alert
+//! unit tests that pass, and a Grafana dashboard whose every query parses as PromQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly by design
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::promtool;
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(path)
+}
+
+fn run_promtool(args: &[&str], files: &[&Path]) -> String {
+    let out = Command::new(promtool())
+        .args(args)
+        .args(files)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{report}");
+    report
+}
+
+#[test]
+fn alert_rules_and_scrape_config_are_valid() {
+    let report = run_promtool(&["check", "rules"], &[&deploy("prometheus/alerts.yml")]);
+    assert!(report.contains("SUCCESS"), "{report}");
+    run_promtool(
+        &["check", "config", "--syntax-only"],
+        &[&deploy("prometheus/prometheus.yml")],
+    );
+}
+
+#[test]
+fn every_alert_fires_on_its_synthetic_series_and_stays_quiet_otherwise() {
+    let report = run_promtool(&["test", "rules"], &[&deploy("prometheus/alerts_test.yml")]);
+    assert!(report.contains("SUCCESS"), "{report}");
+    // Every alert in alerts.yml has a firing test case.
+    let rules = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(deploy("prometheus/alerts_test.yml")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.len() >= 12, "{alerts:?}");
+    for alert in alerts {
+        assert!(
+            tests.contains(&format!("alertname: {alert}")),
+            "{alert} has no promtool test"
+        );
+    }
+}
+
+/// Grafana template variables replaced by values Prometheus would see.
+fn expand(expr: &str) -> String {
+    expr.replace("$__rate_interval", "5m")
+        .replace("$__interval", "1m")
+        .replace("$key", ".+")
+}
+
+#[test]
+fn the_grafana_dashboard_is_well_formed_and_every_query_parses() {
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/keygate.json")).unwrap())
+            .unwrap();
+    assert_eq!(dash["uid"], "keygate");
+    assert!(dash["schemaVersion"].as_u64().unwrap() >= 36);
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    let key_var = vars
+        .iter()
+        .find(|v| v["name"] == "key")
+        .expect("a key selector variable");
+    assert_eq!(key_var["multi"], true);
+    let mut exprs = Vec::new();
+    // label_values(selector, label) is Grafana's; the selector inside must be valid PromQL.
+    let def = key_var["definition"].as_str().unwrap();
+    let inner = def
+        .strip_prefix("label_values(")
+        .and_then(|d| d.rsplit_once(','))
+        .map(|(s, _)| s)
+        .unwrap();
+    exprs.push(inner.to_owned());
+
+    let panels = dash["panels"].as_array().unwrap();
+    let titles: Vec<&str> = panels
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for wanted in [
+        "Daily requests",
+        "Daily tokens",
+        "Daily cost",
+        "Error rate",
+        "Latency",
+        "Limit utilization",
+        "budget burn",
+    ] {
+        assert!(
+            titles
+                .iter()
+                .any(|t| t.to_lowercase().contains(&wanted.to_lowercase())),
+            "no panel for {wanted}: {titles:?}"
+        );
+    }
+    for p in panels {
+        for field in ["h", "w", "x", "y"] {
+            assert!(
+                p["gridPos"][field].is_u64(),
+                "{}: gridPos.{field}",
+                p["title"]
+            );
+        }
+        assert!(p["type"].is_string() && p["datasource"]["type"] == "prometheus");
+        for t in p["targets"].as_array().unwrap() {
+            assert!(t["refId"].is_string());
+            exprs.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    // promtool parses each query as a recording rule's expression.
+    let mut rules = String::from("groups:\n  - name: grafana\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: grafana:query_{i}\n        expr: {}\n",
+            serde_json::to_string(&expand(e)).unwrap()
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("grafana_queries.yml");
+    std::fs::write(&file, rules).unwrap();
+    let report = run_promtool(&["check", "rules"], &[&file]);
+    assert!(
+        report.contains(&format!("SUCCESS: {} rules found", exprs.len())),
+        "{report}"
+    );
+}
