@@ -50,6 +50,10 @@ pub enum Refusal {
     BudgetExceeded {
         retry_after: Duration,
     },
+    /// The client address presented too many invalid keys and is cooling down.
+    BlockedClient {
+        retry_after: Duration,
+    },
 }
 
 impl Refusal {
@@ -74,7 +78,8 @@ impl Refusal {
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::RateLimited { .. }
             | Refusal::TooManyTokens { .. }
-            | Refusal::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Refusal::BudgetExceeded { .. }
+            | Refusal::BlockedClient { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -104,6 +109,7 @@ impl Refusal {
             | Refusal::UpstreamKeyMissing => "upstream_error",
             Refusal::RateLimited { .. } | Refusal::TooManyTokens { .. } => "rate_limit_exceeded",
             Refusal::BudgetExceeded { .. } => "budget_exceeded",
+            Refusal::BlockedClient { .. } => "rate_limit_exceeded",
         }
     }
 
@@ -142,6 +148,7 @@ impl Refusal {
             | Refusal::TooManyTokens { .. } => "rate_limited_tokens",
             Refusal::RateLimited { .. } => "rate_limited_concurrency",
             Refusal::BudgetExceeded { .. } => "budget_exceeded",
+            Refusal::BlockedClient { .. } => "blocked_client",
         }
     }
 
@@ -215,6 +222,9 @@ impl Refusal {
             Refusal::TooManyTokens { .. } => {
                 "This request alone needs more tokens than this API key may use per minute; lower max_tokens or the prompt size."
             }
+            Refusal::BlockedClient { .. } => {
+                "Too many invalid API keys from your address. Retry after the time in 'retry-after'."
+            }
             Refusal::BudgetExceeded { .. } => {
                 "This API key has reached its monthly spending limit. It resets at the start of the next month (UTC)."
             }
@@ -258,7 +268,7 @@ impl Refusal {
                     retry_after_secs(Duration::from_secs(60)),
                 );
             }
-            Refusal::BudgetExceeded { retry_after } => {
+            Refusal::BudgetExceeded { retry_after } | Refusal::BlockedClient { retry_after } => {
                 headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after));
             }
             _ => {}

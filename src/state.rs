@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
+use crate::access::guard::BruteForceGuard;
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::limits::{Clock, LimitStore, MemoryStore};
@@ -27,6 +28,7 @@ pub struct Metering {
     pub recorder: Recorder,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
+    pub guard: BruteForceGuard,
 }
 
 pub struct Runtime {
@@ -93,6 +95,7 @@ impl Gateway {
         let metering = Arc::new(Metering {
             limits: Box::new(limits),
             recorder,
+            guard: BruteForceGuard::new(clock.clone()),
             clock,
             metrics,
         });

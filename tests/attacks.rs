@@ -306,3 +306,50 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     // The gateway still serves others.
     assert_eq!(send(chat_req(&s, "app", &[])).await.status, 200);
 }
+
+#[tokio::test]
+async fn an_address_that_tries_many_invalid_keys_is_blocked_for_a_while() {
+    let s = Setup::with_server(
+        &[("app", "scopes = [\"chat\"]")],
+        "invalid_keys_per_minute = 5\ninvalid_key_cooldown = \"2s\"",
+    )
+    .await;
+    let url = s.gw.url("/v1/chat/completions");
+    for _ in 0..6 {
+        let guess = TestKey {
+            id: String::new(),
+            secret: keygate::auth::ApiKey::generate().expose().to_owned(),
+        };
+        assert_eq!(
+            post_json(&url, Some(&guess), chat("deepseek-chat"))
+                .await
+                .status,
+            401
+        );
+    }
+    // Blocked before any lookup, even with a valid key.
+    let a = post_json(&url, Some(s.key("app")), chat("deepseek-chat")).await;
+    assert_eq!(
+        (a.status.as_u16(), a.code()),
+        (429, "rate_limit_exceeded".into())
+    );
+    assert!(a.headers.contains_key("retry-after"));
+    let metrics = get(&s.gw.admin_url("/metrics"), None).await.text();
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"keygate_security_events_total{type="suspicious_pattern"}"#
+        ),
+        Some(1.0)
+    );
+    // After the cool-down the address is served again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = post_json(&url, Some(s.key("app")), chat("deepseek-chat")).await;
+        if a.status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still blocked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

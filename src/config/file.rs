@@ -39,6 +39,8 @@ pub struct RawServer {
     pub max_json_depth: Option<u64>,
     pub max_connections: Option<u64>,
     pub shutdown_grace: Option<String>,
+    pub invalid_keys_per_minute: Option<u64>,
+    pub invalid_key_cooldown: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

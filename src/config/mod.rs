@@ -55,6 +55,10 @@ pub struct ServerLimits {
     pub max_json_depth: usize,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// Invalid keys one client address may present per minute before it is blocked.
+    pub invalid_keys_per_minute: u32,
+    /// How long such an address is then refused before any key lookup.
+    pub invalid_key_cooldown: Duration,
 }
 
 impl Default for ServerLimits {
@@ -69,6 +73,8 @@ impl Default for ServerLimits {
             max_json_depth: 128,
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
+            invalid_keys_per_minute: 20,
+            invalid_key_cooldown: Duration::from_secs(300),
         }
     }
 }

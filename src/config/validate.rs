@@ -243,6 +243,20 @@ fn server(raw: &RawServer, base: &Path, p: &mut Problems) -> Option<Server> {
             &raw.shutdown_grace,
             d.shutdown_grace,
         ),
+        invalid_keys_per_minute: bounded(
+            p,
+            "server.invalid_keys_per_minute",
+            raw.invalid_keys_per_minute,
+            d.invalid_keys_per_minute as usize,
+            1,
+            1_000_000,
+        ) as u32,
+        invalid_key_cooldown: duration(
+            p,
+            "server.invalid_key_cooldown",
+            &raw.invalid_key_cooldown,
+            d.invalid_key_cooldown,
+        ),
     };
     Some(Server {
         listen: listen?,

@@ -26,6 +26,7 @@ use self::body::{Metered, ResponseBody};
 use self::ctx::RequestCtx;
 use self::route::{RouteError, RouteKind};
 use self::settle::{Outcome, Seen, Settlement};
+use crate::auth::AuthError;
 use crate::error::Refusal;
 use crate::state::{Gateway, Runtime};
 use crate::upstream::UsageScanner;
@@ -103,7 +104,36 @@ async fn process(
     // The path is checked before the key so that a refusal for a bad path never depends on
     // whether the key is valid.
     route::check_canonical(req.uri().path()).map_err(|_| Refusal::NotCanonical)?;
-    let key = authenticate::authenticate(req.headers(), &rt.keys, ctx.started_utc)?;
+    let client_ip = ctx.client_ip.unwrap_or_else(|| peer.ip().to_canonical());
+    let guard = &gw.metering.guard;
+    if let Some(retry_after) = guard.blocked(client_ip) {
+        return Err(Refusal::BlockedClient { retry_after });
+    }
+    let key = match authenticate::authenticate(req.headers(), &rt.keys, ctx.started_utc) {
+        Ok(key) => key,
+        Err(refusal) => {
+            if let Refusal::Auth(AuthError::Unknown | AuthError::Malformed(_)) = refusal {
+                let limits = &config.server.limits;
+                let tripped = guard.record_invalid(
+                    client_ip,
+                    limits.invalid_keys_per_minute,
+                    limits.invalid_key_cooldown,
+                );
+                if let Some(count) = tripped {
+                    tracing::warn!(
+                        target: "keygate::security",
+                        event = "suspicious_pattern",
+                        %client_ip,
+                        invalid_keys = count,
+                        cooldown = ?limits.invalid_key_cooldown,
+                        "too many invalid keys from one address; blocking it"
+                    );
+                    gw.metering.metrics.security_event("suspicious_pattern");
+                }
+            }
+            return Err(refusal);
+        }
+    };
     ctx.key_id = Some(key.id.clone());
 
     let (parts, body) = req.into_parts();
@@ -115,7 +145,6 @@ async fn process(
         RouteError::MethodNotAllowed => Refusal::MethodNotAllowed,
     })?;
     ctx.endpoint = route.endpoint;
-    let client_ip = ctx.client_ip.unwrap_or_else(|| peer.ip().to_canonical());
     authorize::authorize_source(key, client_ip, &parts.headers, &route)?;
 
     if let (RouteKind::RetrieveModel, Some(name)) = (route.kind, route.param) {
