@@ -97,7 +97,9 @@ fn refresh_gauges(gw: &Gateway) {
 
 fn metrics(gw: &Gateway) -> Response<ResponseBody> {
     refresh_gauges(gw);
-    match gw.metering.metrics.encode() {
+    let rt = gw.runtime();
+    let configured = |id: &str| rt.config.keys.iter().any(|k| &*k.id == id);
+    match gw.metering.metrics.encode(configured) {
         Ok(text) => {
             let mut r = Response::new(ResponseBody::full(Bytes::from(text)));
             r.headers_mut().insert(

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`cli`]: the `keygate` subcommands (`serve`, `check`).
 //! - [`config`]: the TOML file as written ([`config::file`]) and validated ([`config::validate`]).
+//! - [`reload`]: hot reload of the config file (file watch and SIGHUP).
 //! - [`state`]: the immutable per-request [`state::Runtime`] snapshot and the shared [`state::Gateway`].
 //! - [`server`]: listeners, TLS, connection limits, graceful drain.
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod upstream;

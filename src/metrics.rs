@@ -367,10 +367,20 @@ impl Metrics {
         }
     }
 
-    /// The registry in Prometheus' text format.
-    pub fn encode(&self) -> Result<String, prometheus::Error> {
+    /// The registry in Prometheus' text format. Series of keys that are no longer configured
+    /// (`is_configured` says no) are left out.
+    pub fn encode(&self, is_configured: impl Fn(&str) -> bool) -> Result<String, prometheus::Error> {
+        let mut families = self.registry.gather();
+        for family in &mut families {
+            family.mut_metric().retain(|m| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == "key")
+                    .is_none_or(|l| l.value().is_empty() || is_configured(l.value()))
+            });
+        }
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        TextEncoder::new().encode(&families, &mut buf)?;
         String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 }

@@ -67,6 +67,8 @@ impl Runtime {
 /// What every request shares: the current snapshot, the upstream connection pool, metering.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
+    /// The file the config came from: what the admin API edits and reload re-reads.
+    pub config_path: Option<std::path::PathBuf>,
     pub client: UpstreamClient,
     pub metering: Arc<Metering>,
 }
@@ -101,9 +103,15 @@ impl Gateway {
         });
         Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),
+            config_path: None,
             client,
             metering,
         })
+    }
+
+    pub fn with_config_path(mut self, path: std::path::PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     /// The current snapshot; hold it for the whole request.

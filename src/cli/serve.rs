@@ -76,7 +76,7 @@ async fn serve(path: &Path) -> (ExitCode, Option<Arc<Gateway>>) {
     let keys = runtime.config.keys.len();
 
     let gw = match Gateway::start(runtime, Arc::new(SystemClock::new())) {
-        Ok(gw) => Arc::new(gw),
+        Ok(gw) => Arc::new(gw.with_config_path(path.to_owned())),
         Err(e) => {
             tracing::error!("{e}");
             return (ExitCode::FAILURE, None);
@@ -110,6 +110,11 @@ async fn serve(path: &Path) -> (ExitCode, Option<Arc<Gateway>>) {
     let admin_task = tokio::spawn(server::serve_admin(
         admin,
         gw.clone(),
+        wait_for(stopped.clone()),
+    ));
+    tokio::spawn(crate::reload::watch(
+        gw.clone(),
+        path.to_owned(),
         wait_for(stopped.clone()),
     ));
     server::run(listener, gw.clone(), tls, async {

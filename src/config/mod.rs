@@ -1,6 +1,7 @@
 //! Configuration: [`file`] reads the TOML as written, [`validate`] turns it into the typed
 //! [`Config`] below. After validation nothing handles a string that should be a type.
 
+pub mod edit;
 pub mod file;
 pub mod validate;
 

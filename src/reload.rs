@@ -1,0 +1,86 @@
+//! Hot reload: the config file is watched (polled every 250 ms for a new modification time,
+//! size or inode) and re-read on SIGHUP. A file that fails validation is refused: the previous
+//! config stays in force, every problem is logged with its TOML path, and
+//! `keygate_config_reloads_total{result="failure"}` counts it. A valid one becomes a new
+//! snapshot, swapped in atomically; requests in flight finish on the snapshot they started with.
+//! Listen addresses, server limits and the upstream connection settings apply at restart.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::state::{Gateway, Runtime};
+
+const POLL: Duration = Duration::from_millis(250);
+
+/// Re-reads the config file and, if it is valid, makes it the one in force.
+pub fn reload(gw: &Gateway, path: &Path) -> bool {
+    let result = &gw.metering.metrics.config_reloads;
+    match crate::config::load(path) {
+        Ok(config) => {
+            let keys = config.keys.len();
+            gw.swap(Runtime::new(config));
+            result.with_label_values(&["success"]).inc();
+            tracing::info!(target: "keygate::reload", path = %path.display(), keys, "config reloaded");
+            true
+        }
+        Err(e) => {
+            result.with_label_values(&["failure"]).inc();
+            for problem in &e.problems {
+                tracing::error!(target: "keygate::reload", path = %path.display(), "config reload refused: {problem}");
+            }
+            tracing::error!(target: "keygate::reload", "the previous config stays in force");
+            false
+        }
+    }
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() })
+}
+
+/// Reloads on every change of the file and on SIGHUP, until `shutdown` resolves.
+pub async fn watch(gw: Arc<Gateway>, path: PathBuf, shutdown: impl std::future::Future<Output = ()>) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP ({e}); reloading on file changes only");
+            None
+        }
+    };
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(POLL);
+    tokio::pin!(shutdown);
+    loop {
+        let hup_signal = async {
+            match hup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = hup_signal => {
+                tracing::info!(target: "keygate::reload", "SIGHUP received");
+                last = stamp(&path);
+                reload(&gw, &path);
+            }
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now.is_some() && now != last {
+                    last = now;
+                    reload(&gw, &path);
+                }
+            }
+        }
+    }
+}
