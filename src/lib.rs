@@ -22,6 +22,8 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod events;
+pub mod keyinfo;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;

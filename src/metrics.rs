@@ -369,7 +369,10 @@ impl Metrics {
 
     /// The registry in Prometheus' text format. Series of keys that are no longer configured
     /// (`is_configured` says no) are left out.
-    pub fn encode(&self, is_configured: impl Fn(&str) -> bool) -> Result<String, prometheus::Error> {
+    pub fn encode(
+        &self,
+        is_configured: impl Fn(&str) -> bool,
+    ) -> Result<String, prometheus::Error> {
         let mut families = self.registry.gather();
         for family in &mut families {
             family.mut_metric().retain(|m| {

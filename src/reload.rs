@@ -20,7 +20,7 @@ pub fn reload(gw: &Gateway, path: &Path) -> bool {
     match crate::config::load(path) {
         Ok(config) => {
             let keys = config.keys.len();
-            gw.swap(Runtime::new(config));
+            gw.swap(Runtime::reloaded(config, &gw.runtime()));
             result.with_label_values(&["success"]).inc();
             tracing::info!(target: "keygate::reload", path = %path.display(), keys, "config reloaded");
             true
@@ -45,11 +45,19 @@ struct Stamp {
 
 fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() })
+    Some(Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode: meta.ino(),
+    })
 }
 
 /// Reloads on every change of the file and on SIGHUP, until `shutdown` resolves.
-pub async fn watch(gw: Arc<Gateway>, path: PathBuf, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn watch(
+    gw: Arc<Gateway>,
+    path: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {

@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use sha2::Digest;
 
 use crate::access::guard::BruteForceGuard;
 use crate::auth::KeyStore;
 use crate::config::Config;
+use crate::events::EventLog;
 use crate::limits::{Clock, LimitStore, MemoryStore};
 use crate::metrics::Metrics;
 use crate::upstream::{UpstreamClient, client};
@@ -29,6 +31,7 @@ pub struct Metering {
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
     pub guard: BruteForceGuard,
+    pub events: EventLog,
 }
 
 pub struct Runtime {
@@ -36,17 +39,25 @@ pub struct Runtime {
     pub keys: KeyStore,
     /// `Bearer <upstream key>`, marked sensitive; `None` when the variable is unset or empty.
     pub upstream_auth: Option<HeaderValue>,
+    /// SHA-256 of the admin token (`admin.token_env`); `None` disables the admin API.
+    pub admin_token: Option<[u8; 32]>,
 }
 
 impl Runtime {
-    /// Builds a snapshot, reading the upstream key from `upstream.api_key_env`.
+    /// Builds a snapshot, reading the upstream key from `upstream.api_key_env` and the admin
+    /// token from `admin.token_env`.
     pub fn new(config: Config) -> Self {
-        let key = std::env::var(&config.upstream.api_key_env).ok();
-        Self::with_upstream_key(config, key.as_deref())
+        let upstream = std::env::var(&config.upstream.api_key_env).ok();
+        let admin = std::env::var(&config.admin.token_env).ok();
+        Self::with_secrets(config, upstream.as_deref(), admin.as_deref())
     }
 
-    /// Builds a snapshot with an explicit upstream key (`None` or blank: not configured).
-    pub fn with_upstream_key(config: Config, upstream_key: Option<&str>) -> Self {
+    /// Builds a snapshot with explicit secrets (`None` or blank: not configured).
+    pub fn with_secrets(
+        config: Config,
+        upstream_key: Option<&str>,
+        admin_token: Option<&str>,
+    ) -> Self {
         let upstream_auth = upstream_key
             .map(str::trim)
             .filter(|k| !k.is_empty())
@@ -55,12 +66,36 @@ impl Runtime {
                 v.set_sensitive(true);
                 v
             });
+        let admin_token = admin_token
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| sha2::Sha256::digest(t.as_bytes()).into());
         let keys = KeyStore::new(&config.keys);
         Self {
             config,
             keys,
             upstream_auth,
+            admin_token,
         }
+    }
+
+    /// The snapshot for a reloaded config. A process's environment does not change, so the
+    /// secrets read at start are kept unless the config now names other variables.
+    pub fn reloaded(config: Config, previous: &Runtime) -> Self {
+        let same_upstream = config.upstream.api_key_env == previous.config.upstream.api_key_env;
+        let same_admin = config.admin.token_env == previous.config.admin.token_env;
+        let mut next = if same_upstream && same_admin {
+            Self::with_secrets(config, None, None)
+        } else {
+            Self::new(config)
+        };
+        if same_upstream {
+            next.upstream_auth.clone_from(&previous.upstream_auth);
+        }
+        if same_admin {
+            next.admin_token = previous.admin_token;
+        }
+        next
     }
 }
 
@@ -98,6 +133,7 @@ impl Gateway {
             limits: Box::new(limits),
             recorder,
             guard: BruteForceGuard::new(clock.clone()),
+            events: EventLog::default(),
             clock,
             metrics,
         });

@@ -15,6 +15,8 @@ enum HostPattern {
 
 #[derive(Debug, Clone, PartialEq)]
 struct Rule {
+    /// As written in the config, for display.
+    pattern: String,
     https: bool,
     host: HostPattern,
     port: u16,
@@ -37,6 +39,11 @@ impl ReferrerRules {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The patterns as written.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|r| r.pattern.as_str())
     }
 
     /// True when the list is empty, or the request's Referer (else Origin) matches a rule.
@@ -162,6 +169,7 @@ fn parse_rule(pattern: &str) -> Result<Rule, String> {
         return Err(bad("must not contain a query or fragment"));
     }
     Ok(Rule {
+        pattern: pattern.to_owned(),
         https,
         host,
         port,

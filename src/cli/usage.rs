@@ -21,10 +21,7 @@ pub enum Format {
     Json,
 }
 
-/// Micro-dollars as a USD string with all six decimals.
-pub fn usd(micros: u64) -> String {
-    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
-}
+use crate::usage::cli_usd as usd;
 
 /// `part / whole` as a percentage with two decimals.
 fn percent(part: u64, whole: u64) -> String {

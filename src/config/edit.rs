@@ -19,7 +19,10 @@ use crate::auth::ApiKey;
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
     #[error("cannot read or write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("no key with id {0:?}")]
@@ -66,8 +69,12 @@ impl FileLock {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| EditError::Io { path: path.clone(), source })?;
-        file.lock().map_err(|source| EditError::Io { path, source })?;
+            .map_err(|source| EditError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        file.lock()
+            .map_err(|source| EditError::Io { path, source })?;
         Ok(Self(file))
     }
 }
@@ -98,12 +105,22 @@ fn strings(list: &[String]) -> Value {
 }
 
 /// Runs `change` on the document under the lock, validates, writes atomically.
-fn apply<T>(path: &Path, change: impl FnOnce(&mut DocumentMut) -> Result<T, EditError>) -> Result<T, EditError> {
+fn apply<T>(
+    path: &Path,
+    change: impl FnOnce(&mut DocumentMut) -> Result<T, EditError>,
+) -> Result<T, EditError> {
     let _lock = FileLock::acquire(path)?;
-    let io = |source| EditError::Io { path: path.to_owned(), source };
+    let io = |source| EditError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let text = std::fs::read_to_string(path).map_err(io)?;
     let mut doc: DocumentMut =
-        text.parse().map_err(|e: toml_edit::TomlError| EditError::Syntax { path: path.to_owned(), message: e.to_string() })?;
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| EditError::Syntax {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
     let result = change(&mut doc)?;
     let new_text = doc.to_string();
     let base = path.parent().unwrap_or(Path::new("."));
@@ -113,7 +130,10 @@ fn apply<T>(path: &Path, change: impl FnOnce(&mut DocumentMut) -> Result<T, Edit
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(format!(".tmp{}", rand::thread_rng().r#gen::<u32>()));
     let tmp = dir.join(tmp_name);
@@ -170,12 +190,21 @@ fn set_fields(table: &mut Table, f: &KeyFields) -> Result<(), EditError> {
         table["expires"] = value(utc(t)?);
     }
     let limits = [
-        ("requests_per_minute", f.requests_per_minute.map(|n| Value::from(i64::try_from(n).unwrap_or(i64::MAX)))),
-        ("tokens_per_minute", f.tokens_per_minute.map(|n| Value::from(i64::try_from(n).unwrap_or(i64::MAX)))),
+        (
+            "requests_per_minute",
+            f.requests_per_minute
+                .map(|n| Value::from(i64::try_from(n).unwrap_or(i64::MAX))),
+        ),
+        (
+            "tokens_per_minute",
+            f.tokens_per_minute
+                .map(|n| Value::from(i64::try_from(n).unwrap_or(i64::MAX))),
+        ),
         ("monthly_spend_usd", f.monthly_spend_usd.map(Value::from)),
         (
             "max_concurrent_requests",
-            f.max_concurrent_requests.map(|n| Value::from(i64::try_from(n).unwrap_or(i64::MAX))),
+            f.max_concurrent_requests
+                .map(|n| Value::from(i64::try_from(n).unwrap_or(i64::MAX))),
         ),
     ];
     if limits.iter().any(|(_, v)| v.is_some()) {
@@ -201,7 +230,9 @@ fn set_fields(table: &mut Table, f: &KeyFields) -> Result<(), EditError> {
 fn new_id() -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rngs::OsRng;
-    let suffix: String = (0..12).map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())])).collect();
+    let suffix: String = (0..12)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect();
     format!("key_{suffix}")
 }
 
@@ -255,7 +286,12 @@ pub fn delete(path: &Path, id: &str) -> Result<(), EditError> {
 
 /// Gives the key a new secret; the old one stays valid until now + `grace`. Same id, so
 /// usage, budget, limits and metrics carry on.
-pub fn rotate(path: &Path, id: &str, grace: Duration, now: SystemTime) -> Result<ApiKey, EditError> {
+pub fn rotate(
+    path: &Path,
+    id: &str,
+    grace: Duration,
+    now: SystemTime,
+) -> Result<ApiKey, EditError> {
     let key = ApiKey::generate();
     let hash = key.digest().to_string();
     apply(path, |doc| {
@@ -306,26 +342,57 @@ output_per_million = 1.10
         let spec = NewKey {
             name: "app".into(),
             environment: "production".into(),
-            fields: KeyFields { scopes: Some(vec!["chat".into()]), requests_per_minute: Some(10), ..Default::default() },
+            fields: KeyFields {
+                scopes: Some(vec!["chat".into()]),
+                requests_per_minute: Some(10),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let now = humantime::parse_rfc3339("2026-11-27T00:00:00Z").unwrap();
         let (id, key) = create(&path, &spec, now).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("# keygate config\n") && text.contains("# loopback") && text.contains("# the keys"));
+        assert!(
+            text.starts_with("# keygate config\n")
+                && text.contains("# loopback")
+                && text.contains("# the keys")
+        );
         assert!(text.contains(&key.digest().to_string()));
         assert!(!text.contains(key.expose()));
         assert!(text.contains("requests_per_minute = 10"));
 
-        update(&path, &id, &KeyFields { tokens_per_minute: Some(500), ..Default::default() }).unwrap();
+        update(
+            &path,
+            &id,
+            &KeyFields {
+                tokens_per_minute: Some(500),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let config = crate::config::load(&path).unwrap();
-        assert_eq!(config.keys[0].limits.tokens_per_minute.map(|n| n.get()), Some(500));
-        assert_eq!(config.keys[0].limits.requests_per_minute.map(|n| n.get()), Some(10));
+        assert_eq!(
+            config.keys[0].limits.tokens_per_minute.map(|n| n.get()),
+            Some(500)
+        );
+        assert_eq!(
+            config.keys[0].limits.requests_per_minute.map(|n| n.get()),
+            Some(10)
+        );
 
-        let new = rotate(&path, &id, Duration::from_secs(7 * 86400), SystemTime::now()).unwrap();
+        let new = rotate(
+            &path,
+            &id,
+            Duration::from_secs(7 * 86400),
+            SystemTime::now(),
+        )
+        .unwrap();
         let config = crate::config::load(&path).unwrap();
         assert_eq!(config.keys[0].digest, new.digest());
-        assert_eq!(config.keys[0].previous.as_ref().map(|p| p.digest), Some(key.digest()));
+        assert_eq!(
+            config.keys[0].previous.as_ref().map(|p| p.digest),
+            Some(key.digest())
+        );
 
         set_active(&path, &id, false).unwrap();
         assert!(!crate::config::load(&path).unwrap().keys[0].active);

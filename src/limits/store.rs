@@ -192,14 +192,13 @@ impl LimitStore for MemoryStore {
                 },
                 Shortfall::NeverFits => LimitRefusal::TokensNeverFit { headers },
             });
-        } else if let Some(budget) = req.limits.monthly_spend_micros {
-            if c.spent
+        } else if let Some(budget) = req.limits.monthly_spend_micros
+            && c.spent
                 .saturating_add(c.reserved)
                 .saturating_add(req.cost_micros)
                 > budget
-            {
-                refusal = Some(LimitRefusal::Budget);
-            }
+        {
+            refusal = Some(LimitRefusal::Budget);
         }
         if let Some(mut refusal) = refusal {
             let current = RateHeaders {

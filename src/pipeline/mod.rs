@@ -120,15 +120,15 @@ async fn process(
                     limits.invalid_key_cooldown,
                 );
                 if let Some(count) = tripped {
-                    tracing::warn!(
-                        target: "keygate::security",
-                        event = "suspicious_pattern",
-                        %client_ip,
-                        invalid_keys = count,
-                        cooldown = ?limits.invalid_key_cooldown,
-                        "too many invalid keys from one address; blocking it"
-                    );
                     gw.metering.metrics.security_event("suspicious_pattern");
+                    gw.metering.events.record(crate::events::Event {
+                        time: ctx.started_utc,
+                        kind: "suspicious_pattern",
+                        reason: "too_many_invalid_keys",
+                        key_id: None,
+                        client_ip: Some(client_ip),
+                        detail: Some(format!("{count} invalid keys within a minute")),
+                    });
                 }
             }
             return Err(refusal);

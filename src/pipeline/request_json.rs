@@ -48,16 +48,15 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<RequestFields<'_>, BodyErr
 pub fn with_include_usage(body: &[u8], fields: &RequestFields<'_>) -> Result<Vec<u8>, BodyError> {
     const MEMBER: &[u8] = b",\"stream_options\":{\"include_usage\":true}";
     let trimmed = body.trim_ascii_end();
-    if !fields.has_stream_options {
-        if let Some(head) = trimmed.strip_suffix(b"}") {
-            if head.trim_ascii_end().len() > 1 {
-                let mut out = Vec::with_capacity(body.len() + MEMBER.len());
-                out.extend_from_slice(head);
-                out.extend_from_slice(MEMBER);
-                out.push(b'}');
-                return Ok(out);
-            }
-        }
+    if !fields.has_stream_options
+        && let Some(head) = trimmed.strip_suffix(b"}")
+        && head.trim_ascii_end().len() > 1
+    {
+        let mut out = Vec::with_capacity(body.len() + MEMBER.len());
+        out.extend_from_slice(head);
+        out.extend_from_slice(MEMBER);
+        out.push(b'}');
+        return Ok(out);
     }
     let mut value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| BodyError::Invalid(e.to_string()))?;

@@ -71,11 +71,10 @@ impl UsageStripper {
             choices: Some(choices),
             usage: Some(_),
         }) = serde_json::from_slice::<Shape>(data)
+            && choices.is_empty()
         {
-            if choices.is_empty() {
-                self.drop_blank = true;
-                return;
-            }
+            self.drop_blank = true;
+            return;
         }
         for pattern in NULL_USAGE {
             if let Some(at) = memmem::find(line, pattern) {

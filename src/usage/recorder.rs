@@ -74,7 +74,7 @@ impl Recorder {
             Ok(()) => {
                 // The writer may count the event out before it is counted in: wrap, never panic.
                 let queued = self.queued.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-                if queued % WAKE_EVERY == 0 {
+                if queued.is_multiple_of(WAKE_EVERY) {
                     self.writer.unpark();
                 }
             }

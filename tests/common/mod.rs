@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 pub const UPSTREAM_KEY: &str = "sk-upstream-REAL-secret-0123456789";
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-7c1e";
 
 /// `[[models]]` shared by the tests.
 pub const MODELS: &str = r#"
@@ -122,10 +123,21 @@ impl Gw {
                 dir.path().join("keygate.db").display()
             ));
         }
-        let config = keygate::config::from_str(&text, dir.path())
-            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let runtime = Runtime::with_upstream_key(config, upstream_key);
-        let gateway = Arc::new(Gateway::start(runtime, clock).unwrap());
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config =
+            keygate::config::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let runtime = Runtime::with_secrets(config, upstream_key, Some(ADMIN_TOKEN));
+        let gateway = Arc::new(
+            Gateway::start(runtime, clock)
+                .unwrap()
+                .with_config_path(path.clone()),
+        );
+        tokio::spawn(keygate::reload::watch(
+            gateway.clone(),
+            path,
+            std::future::pending(),
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -152,6 +164,11 @@ impl Gw {
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// The config file this gateway runs on (watched: edits apply within a second).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("keygate.toml")
     }
 
     /// Waits until every usage event so far is in the ledger, then opens it for reading.

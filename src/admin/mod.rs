@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
+use sha2::Digest;
 
 use crate::metrics::unix_seconds;
 use crate::pipeline::body::ResponseBody;
@@ -19,20 +21,80 @@ use crate::usage::calendar;
 /// How long `/readyz` waits for a TCP connection to the upstream.
 const UPSTREAM_PROBE: Duration = Duration::from_secs(2);
 
+mod keys;
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
 pub async fn handle(
     gw: Arc<Gateway>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let response = match (req.method(), req.uri().path()) {
+    let path = req.uri().path().to_owned();
+    let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => metrics(&gw),
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "pass"})),
         (&Method::GET, "/readyz") => readyz(&gw).await,
+        (_, p) if p.starts_with("/admin/") => admin_api(&gw, req).await,
         _ => json_response(
             StatusCode::NOT_FOUND,
             &json!({"error": {"message": "Unknown admin route.", "type": "invalid_request_error", "code": "unknown_route"}}),
         ),
     };
     Ok(response)
+}
+
+/// `/admin/*`: bearer token compared in constant time (as SHA-256 digests, so the comparison
+/// does not depend on the token's length either).
+async fn admin_api(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let unauthorized = |why: &str| {
+        let mut r = json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": {"message": why, "type": "authentication_error", "code": "invalid_admin_token"}}),
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    };
+    let rt = gw.runtime();
+    let Some(expected) = rt.admin_token else {
+        return unauthorized(
+            "The admin API is disabled: set the variable named by admin.token_env.",
+        );
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| <[u8; 32]>::from(sha2::Sha256::digest(t.trim().as_bytes())));
+    let ok =
+        presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(&p[..], &expected[..])));
+    if !ok {
+        return unauthorized("Missing or wrong admin token.");
+    }
+    let (parts, body) = req.into_parts();
+    let body = match http_body_util::Limited::new(body, MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"error": {"message": "body too large", "code": "request_too_large"}}),
+            );
+        }
+    };
+    let segments: Vec<&str> = parts
+        .uri
+        .path()
+        .trim_start_matches("/admin/")
+        .split('/')
+        .collect();
+    let (status, value) =
+        keys::handle(gw, &parts.method, &segments, parts.uri.query(), &body).await;
+    json_response(status, &value)
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {

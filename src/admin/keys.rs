@@ -1,0 +1,347 @@
+//! The admin API's key endpoints and event list. Every change goes through
+//! [`crate::config::edit`] (the same code as the CLI), is applied at once by a reload, and is
+//! recorded as an `admin_change` event.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::edit::{self, EditError, KeyFields, NewKey};
+use crate::events::Event;
+use crate::keyinfo::{self, KeyUse};
+use crate::state::Gateway;
+use crate::usage::{Ledger, calendar};
+
+/// An admin answer: status and JSON body.
+pub type Answer = (StatusCode, Value);
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Answer {
+    (
+        status,
+        json!({"error": {"message": message.into(), "type": "invalid_request_error", "code": code}}),
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    requests_per_minute: Option<u64>,
+    tokens_per_minute: Option<u64>,
+    monthly_spend_usd: Option<f64>,
+    max_concurrent_requests: Option<u64>,
+}
+
+/// The body of `POST /admin/keys` and `PATCH /admin/keys/{id}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KeyBody {
+    name: Option<String>,
+    description: Option<String>,
+    environment: Option<String>,
+    scopes: Option<Vec<String>>,
+    models: Option<Vec<String>>,
+    allowed_ips: Option<Vec<String>>,
+    allowed_referrers: Option<Vec<String>>,
+    #[serde(default)]
+    limits: LimitsBody,
+    /// A lifetime from now, like "90d".
+    expires_in: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    grace: Option<String>,
+}
+
+fn duration(text: &str, field: &str) -> Result<Duration, Answer> {
+    humantime::parse_duration(text).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{field}: {text:?} is not a duration like \"7d\": {e}"),
+        )
+    })
+}
+
+impl KeyBody {
+    fn fields(&self, now: SystemTime) -> Result<KeyFields, Answer> {
+        let expires = match &self.expires_in {
+            Some(t) => Some(now + duration(t, "expires_in")?),
+            None => None,
+        };
+        Ok(KeyFields {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            scopes: self.scopes.clone(),
+            models: self.models.clone(),
+            allowed_ips: self.allowed_ips.clone(),
+            allowed_referrers: self.allowed_referrers.clone(),
+            requests_per_minute: self.limits.requests_per_minute,
+            tokens_per_minute: self.limits.tokens_per_minute,
+            monthly_spend_usd: self.limits.monthly_spend_usd,
+            max_concurrent_requests: self.limits.max_concurrent_requests,
+            expires,
+        })
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, Answer> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("invalid JSON body: {e}"),
+        )
+    })
+}
+
+fn edit_error(e: EditError) -> Answer {
+    match e {
+        EditError::NotFound(id) => error(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            format!("no key with id {id:?}"),
+        ),
+        EditError::Invalid(problems) => (
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"message": "the change was refused; the config is unchanged", "type": "invalid_request_error", "code": "invalid_config", "problems": problems}}),
+        ),
+        e @ (EditError::Io { .. } | EditError::Syntax { .. }) => {
+            tracing::error!(target: "keygate::admin", error = %e, "config edit failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "edit_failed",
+                e.to_string(),
+            )
+        }
+    }
+}
+
+/// Runs a file edit off the async threads, then reloads so it applies at once.
+async fn change<T: Send + 'static>(
+    gw: &Arc<Gateway>,
+    action: &'static str,
+    key_id: Option<String>,
+    edit: impl FnOnce(&std::path::Path) -> Result<T, EditError> + Send + 'static,
+) -> Result<T, Answer> {
+    let Some(path) = gw.config_path.clone() else {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_config_file",
+            "this gateway was not started from a config file",
+        ));
+    };
+    let reload_path = path.clone();
+    let result = tokio::task::spawn_blocking(move || edit(&path))
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "edit_failed",
+                e.to_string(),
+            )
+        })?
+        .map_err(edit_error)?;
+    crate::reload::reload(gw, &reload_path);
+    gw.metering.events.record(Event {
+        time: SystemTime::now(),
+        kind: "admin_change",
+        reason: action,
+        key_id: key_id.map(Arc::from),
+        client_ip: None,
+        detail: None,
+    });
+    Ok(result)
+}
+
+fn describe(gw: &Gateway, id: &str) -> Option<Value> {
+    let rt = gw.runtime();
+    let key = rt.config.keys.iter().find(|k| &*k.id == id)?;
+    let metering = &gw.metering;
+    let now = metering.clock.now_utc();
+    let last_used = Ledger::open_read_only(&rt.config.storage.path)
+        .ok()
+        .and_then(|l| l.last_used(id).ok().flatten());
+    let usage = KeyUse {
+        last_used,
+        month_spend_micros: metering.limits.month_spend(id, calendar::month_index(now)),
+        windows: Some(metering.limits.windows(id)),
+    };
+    Some(keyinfo::describe(key, now, &usage))
+}
+
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    method: &http::Method,
+    segments: &[&str],
+    query: Option<&str>,
+    body: &[u8],
+) -> Answer {
+    use http::Method;
+    let now = SystemTime::now();
+    let result: Result<Answer, Answer> = async {
+        match (method, segments) {
+            (&Method::GET, ["keys"]) => {
+                let rt = gw.runtime();
+                let ids: Vec<String> = rt.config.keys.iter().map(|k| k.id.to_string()).collect();
+                let keys: Vec<Value> = ids.iter().filter_map(|id| describe(gw, id)).collect();
+                Ok((StatusCode::OK, json!({"keys": keys})))
+            }
+            (&Method::POST, ["keys"]) => {
+                let b: KeyBody = parse(body)?;
+                let (Some(name), Some(environment)) = (b.name.clone(), b.environment.clone())
+                else {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "a new key needs \"name\" and \"environment\"",
+                    ));
+                };
+                let spec = NewKey {
+                    name,
+                    description: b.description.clone().unwrap_or_default(),
+                    environment,
+                    fields: KeyFields {
+                        name: None,
+                        description: None,
+                        ..b.fields(now)?
+                    },
+                    expires_in: None,
+                };
+                let (id, key) = change(gw, "key_created", None, move |p| {
+                    edit::create(p, &spec, now)
+                })
+                .await?;
+                let mut v = describe(gw, &id).unwrap_or_else(|| json!({"id": id}));
+                v["key"] = json!(key.expose());
+                Ok((StatusCode::CREATED, v))
+            }
+            (&Method::GET, ["keys", id]) => describe(gw, id)
+                .map(|v| (StatusCode::OK, v))
+                .ok_or_else(|| {
+                    error(
+                        StatusCode::NOT_FOUND,
+                        "key_not_found",
+                        format!("no key with id {id:?}"),
+                    )
+                }),
+            (&Method::PATCH, ["keys", id]) => {
+                let b: KeyBody = parse(body)?;
+                if b.environment.is_some() {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "a key's environment cannot change; create a new key",
+                    ));
+                }
+                let fields = b.fields(now)?;
+                let owned = id.to_string();
+                change(gw, "key_updated", Some(owned.clone()), move |p| {
+                    edit::update(p, &owned, &fields)
+                })
+                .await?;
+                Ok((StatusCode::OK, describe(gw, id).unwrap_or(Value::Null)))
+            }
+            (&Method::DELETE, ["keys", id]) => {
+                let owned = id.to_string();
+                change(gw, "key_deleted", Some(owned.clone()), move |p| {
+                    edit::delete(p, &owned)
+                })
+                .await?;
+                Ok((StatusCode::OK, json!({"id": id, "deleted": true})))
+            }
+            (&Method::POST, ["keys", id, action @ ("activate" | "deactivate")]) => {
+                let active = *action == "activate";
+                let owned = id.to_string();
+                let what = if active {
+                    "key_activated"
+                } else {
+                    "key_deactivated"
+                };
+                change(gw, what, Some(owned.clone()), move |p| {
+                    edit::set_active(p, &owned, active)
+                })
+                .await?;
+                Ok((StatusCode::OK, describe(gw, id).unwrap_or(Value::Null)))
+            }
+            (&Method::POST, ["keys", id, "rotate"]) => {
+                let b: RotateBody = parse(body)?;
+                let grace = duration(b.grace.as_deref().unwrap_or("7d"), "grace")?;
+                let owned = id.to_string();
+                let key = change(gw, "key_rotated", Some(owned.clone()), move |p| {
+                    edit::rotate(p, &owned, grace, now)
+                })
+                .await?;
+                let mut v = describe(gw, id).unwrap_or_else(|| json!({"id": id}));
+                v["key"] = json!(key.expose());
+                Ok((StatusCode::OK, v))
+            }
+            (&Method::GET, ["keys", id, "usage"]) => {
+                let days: u64 = query_param(query, "days")
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(30)
+                    .clamp(1, 3650);
+                let rt = gw.runtime();
+                if !rt.config.keys.iter().any(|k| &*k.id == *id) {
+                    return Err(error(
+                        StatusCode::NOT_FOUND,
+                        "key_not_found",
+                        format!("no key with id {id:?}"),
+                    ));
+                }
+                let since = calendar::day(
+                    now.checked_sub(Duration::from_secs((days - 1) * 86_400))
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                );
+                let path = rt.config.storage.path.clone();
+                let owned = id.to_string();
+                let since2 = since.clone();
+                let rows = tokio::task::spawn_blocking(move || {
+                    Ledger::open_read_only(&path)
+                        .and_then(|l| l.daily(Some(&owned), &since2).map_err(|e| e.to_string()))
+                })
+                .await
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "ledger", e.to_string()))?
+                .unwrap_or_default();
+                Ok((
+                    StatusCode::OK,
+                    json!({"key_id": id, "since": since, "days": days, "rows": rows}),
+                ))
+            }
+            (&Method::GET, ["events"]) => {
+                let limit: usize = query_param(query, "limit")
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(100)
+                    .clamp(1, 1000);
+                let events: Vec<Value> = gw
+                    .metering
+                    .events
+                    .recent(limit)
+                    .iter()
+                    .map(Event::to_json)
+                    .collect();
+                Ok((StatusCode::OK, json!({"events": events})))
+            }
+            _ => Err(error(
+                StatusCode::NOT_FOUND,
+                "unknown_route",
+                "Unknown admin route.",
+            )),
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e| e)
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}

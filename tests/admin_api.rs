@@ -1,0 +1,407 @@
+//! The admin API and hot reload: every endpoint, the admin token, changes applied at once,
+//! concurrent edits that never lose each other, rotation grace, and hand edits of the file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly by design
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request};
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+async fn admin(
+    gw: &Gw,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> Answer {
+    let mut b = Request::builder().method(method).uri(gw.admin_url(path));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let body = body.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
+    send(
+        b.header("content-type", "application/json")
+            .body(Full::new(body))
+            .unwrap(),
+    )
+    .await
+}
+
+async fn call(gw: &Gw, method: Method, path: &str, body: Option<Value>) -> Answer {
+    admin(gw, method, path, body, Some(ADMIN_TOKEN)).await
+}
+
+fn secret(a: &Answer) -> TestKey {
+    let v = a.json();
+    TestKey {
+        id: v["id"].as_str().unwrap().to_owned(),
+        secret: v["key"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn chat_status(gw: &Gw, key: &TestKey) -> u16 {
+    post_json(
+        &gw.url("/v1/chat/completions"),
+        Some(key),
+        chat("deepseek-chat"),
+    )
+    .await
+    .status
+    .as_u16()
+}
+
+#[tokio::test]
+async fn the_admin_token_is_required() {
+    let s = Setup::new(&[("app", "scopes = [\"chat\"]")]).await;
+    for token in [None, Some("wrong"), Some("")] {
+        let a = admin(&s.gw, Method::GET, "/admin/keys", None, token).await;
+        assert_eq!(a.status, 401, "{token:?}");
+        assert_eq!(a.json()["error"]["code"], "invalid_admin_token");
+    }
+    assert_eq!(
+        call(&s.gw, Method::GET, "/admin/keys", None).await.status,
+        200
+    );
+    // Health and metrics need no token.
+    assert_eq!(get(&s.gw.admin_url("/healthz"), None).await.status, 200);
+}
+
+#[tokio::test]
+async fn keys_are_created_changed_deactivated_and_deleted_at_once() {
+    let s = Setup::new(&[]).await;
+    let created = call(
+        &s.gw,
+        Method::POST,
+        "/admin/keys",
+        Some(json!({"name": "web", "environment": "production", "scopes": ["chat"],
+                    "limits": {"requests_per_minute": 100, "monthly_spend_usd": 50}, "expires_in": "90d"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let key = secret(&created);
+    assert!(key.id.starts_with("key_"));
+    assert_eq!(created.json()["limits"]["requests_per_minute"], 100);
+    let file = std::fs::read_to_string(s.gw.config_path()).unwrap();
+    assert!(
+        !file.contains(&key.secret),
+        "the secret must never be written"
+    );
+    assert_eq!(chat_status(&s.gw, &key).await, 200);
+
+    let shown = call(&s.gw, Method::GET, &format!("/admin/keys/{}", key.id), None).await;
+    let v = shown.json();
+    assert_eq!(
+        (v["name"].as_str(), v["status"].as_str()),
+        (Some("web"), Some("active"))
+    );
+    assert!(v["last_used"].is_null() || v["last_used"].is_string());
+    assert!(!shown.text().contains("sha256:") && !shown.text().contains(&key.secret));
+    assert_eq!(
+        call(&s.gw, Method::GET, "/admin/keys", None).await.json()["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let patched = call(
+        &s.gw,
+        Method::PATCH,
+        &format!("/admin/keys/{}", key.id),
+        Some(json!({"scopes": ["embeddings"]})),
+    )
+    .await;
+    assert_eq!(patched.status, 200);
+    assert_eq!(chat_status(&s.gw, &key).await, 403);
+    call(
+        &s.gw,
+        Method::PATCH,
+        &format!("/admin/keys/{}", key.id),
+        Some(json!({"scopes": ["chat"]})),
+    )
+    .await;
+
+    assert_eq!(
+        call(
+            &s.gw,
+            Method::POST,
+            &format!("/admin/keys/{}/deactivate", key.id),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    let refused = post_json(
+        &s.gw.url("/v1/chat/completions"),
+        Some(&key),
+        chat("deepseek-chat"),
+    )
+    .await;
+    assert_eq!(refused.code(), "inactive_api_key");
+    assert_eq!(
+        call(
+            &s.gw,
+            Method::POST,
+            &format!("/admin/keys/{}/activate", key.id),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(chat_status(&s.gw, &key).await, 200);
+
+    let usage = call(
+        &s.gw,
+        Method::GET,
+        &format!("/admin/keys/{}/usage?days=7", key.id),
+        None,
+    )
+    .await;
+    assert_eq!(usage.status, 200);
+    assert!(usage.json()["rows"].is_array());
+
+    // A bad change is refused with the TOML path, and nothing changes.
+    let before = std::fs::read_to_string(s.gw.config_path()).unwrap();
+    let bad = call(
+        &s.gw,
+        Method::PATCH,
+        &format!("/admin/keys/{}", key.id),
+        Some(json!({"allowed_ips": ["10.0.0.300"]})),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("allowed_ips[0]"), "{}", bad.text());
+    assert_eq!(std::fs::read_to_string(s.gw.config_path()).unwrap(), before);
+    assert_eq!(
+        call(
+            &s.gw,
+            Method::PATCH,
+            "/admin/keys/key_nope",
+            Some(json!({"name": "x"}))
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        call(
+            &s.gw,
+            Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "x", "environment": "production", "colour": 1}))
+        )
+        .await
+        .status,
+        400
+    );
+
+    assert_eq!(
+        call(
+            &s.gw,
+            Method::DELETE,
+            &format!("/admin/keys/{}", key.id),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(chat_status(&s.gw, &key).await, 401);
+
+    let events = call(&s.gw, Method::GET, "/admin/events?limit=50", None)
+        .await
+        .json();
+    let kinds: Vec<(String, String)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for wanted in [
+        "key_created",
+        "key_updated",
+        "key_deactivated",
+        "key_activated",
+        "key_deleted",
+    ] {
+        assert!(
+            kinds.contains(&("admin_change".into(), wanted.into())),
+            "{wanted} missing: {kinds:?}"
+        );
+    }
+    assert!(kinds.contains(&("unauthorized".into(), "inactive_key".into())));
+    assert!(kinds.contains(&("unauthorized".into(), "unknown_key".into())));
+}
+
+#[tokio::test]
+async fn rotation_keeps_both_secrets_valid_until_the_grace_ends() {
+    let s = Setup::new(&[(
+        "app",
+        "scopes = [\"chat\"]\nlimits = { monthly_spend_usd = 5 }",
+    )])
+    .await;
+    let old = s.key("app");
+    assert_eq!(chat_status(&s.gw, old).await, 200);
+    let rotated = call(
+        &s.gw,
+        Method::POST,
+        "/admin/keys/app/rotate",
+        Some(json!({"grace": "3s"})),
+    )
+    .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    let new = secret(&rotated);
+    assert_eq!(new.id, "app");
+    assert_ne!(new.secret, old.secret);
+    assert_eq!(chat_status(&s.gw, &new).await, 200);
+    assert_eq!(chat_status(&s.gw, old).await, 200);
+    // The same id: spend carries on across the rotation.
+    let shown = call(&s.gw, Method::GET, "/admin/keys/app", None)
+        .await
+        .json();
+    assert!(
+        shown["month_spend_usd"].as_str().unwrap() != "0.000000",
+        "{shown}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while chat_status(&s.gw, old).await != 401 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old secret outlived its grace"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(chat_status(&s.gw, &new).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_never_lose_each_other() {
+    let keys: Vec<(String, String)> = (0..8)
+        .map(|i| (format!("k{i}"), "scopes = [\"chat\"]".to_owned()))
+        .collect();
+    let refs: Vec<(&str, &str)> = keys.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let s = Arc::new(Setup::new(&refs).await);
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let body = json!({"description": format!("edited {i}"), "limits": {"requests_per_minute": 100 + i}});
+                call(&s.gw, Method::PATCH, &format!("/admin/keys/k{i}"), Some(body)).await.status
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let config = keygate::config::load(&s.gw.config_path()).unwrap();
+    for i in 0..8u32 {
+        let k = config
+            .keys
+            .iter()
+            .find(|k| *k.id == format!("k{i}"))
+            .unwrap();
+        assert_eq!(k.description, format!("edited {i}"));
+        assert_eq!(k.limits.requests_per_minute.map(|n| n.get()), Some(100 + i));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_edits_apply_within_a_second_and_broken_files_are_refused() {
+    let s = Arc::new(Setup::new(&[("app", "scopes = [\"chat\"]")]).await);
+    let path = s.gw.config_path();
+    let original = std::fs::read_to_string(&path).unwrap();
+
+    // A steady load runs throughout: no request that should succeed may fail.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 5000 {
+                assert_eq!(
+                    chat_status(&s.gw, s.key("app")).await,
+                    200,
+                    "a request failed during a reload"
+                );
+                n += 1;
+            }
+            n
+        })
+    };
+
+    // Add a key by hand.
+    let (added, hash) = TestKey::new("added");
+    std::fs::write(
+        &path,
+        format!(
+            "{original}{}",
+            key_toml("added", &hash, "scopes = [\"chat\"]")
+        ),
+    )
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    while chat_status(&s.gw, &added).await != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the added key was not live within a second or two"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // Broken files: the previous config keeps serving, and each failure is counted.
+    let with_added = std::fs::read_to_string(&path).unwrap();
+    for broken in [
+        with_added[..with_added.len() / 2].to_owned(),
+        with_added.replacen(
+            "scopes = [\"chat\"]",
+            "scopes = [\"chat\"]\nallowed_ips = [\"10.0.0.300\"]",
+            1,
+        ),
+        format!(
+            "{with_added}{}",
+            key_toml("added", &TestKey::new("x").1, "scopes = [\"chat\"]")
+        ),
+    ] {
+        let failures =
+            |text: &str| sample(text, r#"keygate_config_reloads_total{result="failure"}"#).unwrap();
+        let before = failures(&get(&s.gw.admin_url("/metrics"), None).await.text());
+        std::fs::write(&path, &broken).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while failures(&get(&s.gw.admin_url("/metrics"), None).await.text()) <= before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the broken file was not noticed"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(chat_status(&s.gw, &added).await, 200);
+    }
+
+    // Deactivating by hand refuses the key within a second.
+    std::fs::write(
+        &path,
+        with_added.replace("id = \"added\"", "id = \"added\"\nstatus = \"inactive\""),
+    )
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    while chat_status(&s.gw, &added).await != 401 {
+        assert!(started.elapsed() < Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.await.unwrap() > 10);
+}
