@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime};
 use crate::state::{Gateway, Runtime};
 
 const POLL: Duration = Duration::from_millis(250);
+/// A change is read once the file has looked the same for this long.
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// Re-reads the config file and, if it is valid, makes it the one in force.
 pub fn reload(gw: &Gateway, path: &Path) -> bool {
@@ -52,6 +54,20 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
+/// Waits until the file has stopped changing (a tool may still be writing it in place), for
+/// at most a second, and returns its final stamp.
+async fn settled(path: &Path, mut seen: Option<Stamp>) -> Option<Stamp> {
+    for _ in 0..10 {
+        tokio::time::sleep(SETTLE).await;
+        let now = stamp(path);
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    seen
+}
+
 /// Reloads on every change of the file and on SIGHUP, until `shutdown` resolves.
 pub async fn watch(
     gw: Arc<Gateway>,
@@ -85,7 +101,7 @@ pub async fn watch(
             _ = tick.tick() => {
                 let now = stamp(&path);
                 if now.is_some() && now != last {
-                    last = now;
+                    last = settled(&path, now).await;
                     reload(&gw, &path);
                 }
             }

@@ -321,7 +321,14 @@ async fn concurrent_patches_never_lose_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_edits_apply_within_a_second_and_broken_files_are_refused() {
-    let s = Arc::new(Setup::new(&[("app", "scopes = [\"chat\"]")]).await);
+    // The test polls with a key that is not live yet: keep the brute-force guard out of it.
+    let s = Arc::new(
+        Setup::with_server(
+            &[("app", "scopes = [\"chat\"]")],
+            "invalid_keys_per_minute = 100000",
+        )
+        .await,
+    );
     let path = s.gw.config_path();
     let original = std::fs::read_to_string(&path).unwrap();
 

@@ -237,10 +237,8 @@ async fn health_and_readiness_explain_themselves() {
     ] {
         assert_eq!(v["checks"][check]["status"], "pass", "{check}: {v}");
     }
-    assert_eq!(
-        get(&s.gw.admin_url("/admin/nothing"), None).await.status,
-        404
-    );
+    assert_eq!(get(&s.gw.admin_url("/nothing"), None).await.status, 404);
+    assert_eq!(get(&s.gw.admin_url("/admin/keys"), None).await.status, 401);
 
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
