@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use keygate::cli::{self, Cli, Command, KeysCommand};
+use keygate::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -14,7 +14,7 @@ fn main() -> ExitCode {
             days,
             format,
         } => cli::usage::run(&config, key_id.as_deref(), days, format),
-        Command::Keys(KeysCommand::Generate { json }) => cli::keys::generate(json),
+        Command::Keys(command) => cli::keys::run(*command),
         Command::Serve { config } => cli::serve::run(&config),
     }
 }

@@ -55,17 +55,141 @@ pub enum Command {
     },
     /// Manage keys.
     #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(Box<KeysCommand>),
+}
+
+/// `--config`, shared by every `keys` subcommand.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    #[arg(long, default_value = "config/keygate.toml")]
+    pub config: PathBuf,
+}
+
+/// Settings a key can be created or updated with.
+#[derive(Debug, Default, clap::Args)]
+pub struct KeyFlags {
+    /// Comma-separated scopes (chat, code, image, audio, embeddings, files, fine_tuning).
+    #[arg(long, value_delimiter = ',')]
+    pub scopes: Option<Vec<String>>,
+    /// Comma-separated models the key may use.
+    #[arg(long, value_delimiter = ',')]
+    pub models: Option<Vec<String>>,
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Monthly spending limit in USD.
+    #[arg(long)]
+    pub monthly_budget: Option<f64>,
+    /// Concurrent requests.
+    #[arg(long)]
+    pub max_concurrent: Option<u64>,
+    /// An address or CIDR the key may be used from (repeatable; replaces the list).
+    #[arg(long = "allow-ip")]
+    pub allow_ip: Vec<String>,
+    /// A referrer pattern like 'https://example.com/*' (repeatable; replaces the list).
+    #[arg(long = "allow-referrer")]
+    pub allow_referrer: Vec<String>,
+    /// Lifetime from now, like 90d.
+    #[arg(long)]
+    pub expires: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
+    /// Create a key: prints it once, writes only its hash.
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        name: String,
+        /// production, development or restricted.
+        #[arg(long = "env")]
+        environment: String,
+        #[command(flatten)]
+        flags: KeyFlags,
+        /// Print a JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys: ID NAME STATUS CREATED LAST_USED.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Everything about one key except secrets.
+    Show {
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a key's scopes, models, limits, IPs, referrers, description, name or expiry.
+    Update {
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        flags: KeyFlags,
+    },
+    /// Refuse a key (401 inactive_api_key) until it is activated again.
+    Deactivate {
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    Activate {
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Remove a key from the config (its usage stays in the ledger).
+    Delete {
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Required: deleting cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// New secret, same id; the old secret stays valid for the grace period.
+    Rotate {
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, default_value = "7d")]
+        grace: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why would this key be refused right now, and what to do about it.
+    Diagnose {
+        key: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Print a new key (shown this once) and the `hash = ...` line to put in its [[keys]] table.
     Generate {
         /// Print a JSON object instead, for scripts.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 /// Sets up logging to stderr: `RUST_LOG` filters (default `info`), `--log-format` picks text or

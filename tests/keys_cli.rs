@@ -1,0 +1,335 @@
+//! `keygate keys ...` on real files: output, the file afterwards (comments kept, hash right,
+//! secret absent), refusals that leave the file untouched, and a running gateway following.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly by design
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+fn keys(path: &Path, args: &[&str]) -> Output {
+    let (sub, rest) = args.split_first().unwrap();
+    std::process::Command::new(BIN)
+        .args(["keys", sub])
+        .args(rest)
+        .arg("--config")
+        .arg(path)
+        .env_remove("KEYGATE_ADMIN_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn config_file(dir: &Path, upstream: &str) -> std::path::PathBuf {
+    let path = dir.join("keygate.toml");
+    let text = format!(
+        "# my gateway\n{}",
+        config_text(upstream, "invalid_keys_per_minute = 100000", "")
+    )
+    .replace("KEYGATE_TEST_UNUSED", "KG_UPSTREAM")
+    .replace(
+        "[[models]]\nname = \"deepseek-chat\"",
+        "# the cheap one\n[[models]]\nname = \"deepseek-chat\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn create_prints_the_key_once_and_writes_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(dir.path(), "https://api.deepseek.com");
+    let o = keys(
+        &path,
+        &[
+            "create",
+            "--name",
+            "my-app",
+            "--env",
+            "production",
+            "--scopes",
+            "chat,embeddings",
+            "--rpm",
+            "1000",
+            "--tpm",
+            "100000",
+            "--monthly-budget",
+            "500",
+            "--allow-ip",
+            "203.0.113.0/24",
+            "--allow-referrer",
+            "https://yourdomain.com/*",
+            "--expires",
+            "90d",
+            "--description",
+            "web app",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    let secret = v["key"].as_str().unwrap();
+    let digest = keygate::auth::key::verify(secret).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.starts_with("# my gateway\n") && text.contains("# the cheap one"),
+        "comments lost"
+    );
+    assert!(text.contains(&digest.to_string()));
+    assert!(!text.contains(secret));
+    let config = keygate::config::load(&path).unwrap();
+    let k = &config.keys[0];
+    assert_eq!(
+        (k.name.as_str(), k.description.as_str()),
+        ("my-app", "web app")
+    );
+    assert_eq!(k.limits.monthly_spend_micros, Some(500_000_000));
+    assert!(k.expires.is_some());
+
+    // Plain output shows the key once too.
+    let o = keys(
+        &path,
+        &[
+            "create",
+            "--name",
+            "other",
+            "--env",
+            "development",
+            "--scopes",
+            "chat",
+        ],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o).matches("sk-kg-").count(), 1);
+}
+
+#[test]
+fn bad_flags_are_refused_and_the_file_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(dir.path(), "https://api.deepseek.com");
+    let before = std::fs::read_to_string(&path).unwrap();
+    for (args, wanted) in [
+        (
+            vec!["--scopes", "chat", "--allow-ip", "10.0.0.300/8"],
+            "allowed_ips[0]",
+        ),
+        (vec!["--scopes", "chat,admin"], "unknown scope"),
+        (vec!["--scopes", "chat", "--models", "gpt-9"], "gpt-9"),
+        (vec!["--scopes", "chat", "--expires", "soon"], "--expires"),
+    ] {
+        let mut all = vec!["create", "--name", "x", "--env", "production"];
+        all.extend(args);
+        let o = keys(&path, &all);
+        assert!(!o.status.success());
+        assert!(err(&o).contains(wanted), "{wanted}: {}", err(&o));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+    }
+}
+
+#[test]
+fn list_show_update_rotate_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(dir.path(), "https://api.deepseek.com");
+    let o = keys(
+        &path,
+        &[
+            "create",
+            "--name",
+            "app",
+            "--env",
+            "production",
+            "--scopes",
+            "chat",
+            "--rpm",
+            "10",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    let id = v["id"].as_str().unwrap().to_owned();
+    let secret = v["key"].as_str().unwrap().to_owned();
+
+    let table = out(&keys(&path, &["list"]));
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["ID", "NAME", "STATUS", "CREATED", "LAST_USED"]);
+    assert!(table.contains(&id) && table.contains("active") && table.contains("never"));
+    let csv = out(&keys(&path, &["list", "--format", "csv"]));
+    assert!(csv.starts_with("id,name,status,created,last_used\n"));
+    let json: serde_json::Value =
+        serde_json::from_str(&out(&keys(&path, &["list", "--format", "json"]))).unwrap();
+    assert_eq!(json[0]["status"], "active");
+
+    let o = keys(
+        &path,
+        &["update", &id, "--tpm", "5000", "--description", "changed"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let shown = out(&keys(&path, &["show", &id, "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["limits"]["tokens_per_minute"], 5000);
+    assert_eq!(v["limits"]["requests_per_minute"], 10);
+    assert_eq!(v["description"], "changed");
+    assert!(!shown.contains(&secret) && !shown.contains("sha256:"));
+    assert!(out(&keys(&path, &["show", &id])).contains("current_window"));
+
+    assert!(keys(&path, &["deactivate", &id]).status.success());
+    assert!(out(&keys(&path, &["list"])).contains("inactive"));
+    assert!(keys(&path, &["activate", &id]).status.success());
+
+    let o = keys(&path, &["rotate", &id, "--grace", "7d", "--json"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    let config = keygate::config::load(&path).unwrap();
+    assert_eq!(config.keys[0].id.as_ref(), id);
+    assert_eq!(
+        config.keys[0].digest,
+        keygate::auth::key::verify(v["key"].as_str().unwrap()).unwrap()
+    );
+    assert_eq!(
+        config.keys[0].previous.as_ref().unwrap().digest,
+        keygate::auth::key::verify(&secret).unwrap()
+    );
+
+    let o = keys(&path, &["delete", &id]);
+    assert!(!o.status.success() && err(&o).contains("--yes"));
+    assert!(keys(&path, &["delete", &id, "--yes"]).status.success());
+    assert!(keygate::config::load(&path).unwrap().keys.is_empty());
+    assert!(!keys(&path, &["show", &id]).status.success());
+}
+
+#[test]
+fn diagnose_says_what_is_wrong_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(dir.path(), "https://api.deepseek.com");
+    let o = keys(
+        &path,
+        &[
+            "create",
+            "--name",
+            "app",
+            "--env",
+            "production",
+            "--scopes",
+            "chat",
+            "--allow-ip",
+            "203.0.113.0/24",
+            "--monthly-budget",
+            "5",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    let (id, secret) = (
+        v["id"].as_str().unwrap().to_owned(),
+        v["key"].as_str().unwrap().to_owned(),
+    );
+
+    let o = keys(&path, &["diagnose", &secret]);
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    let text = out(&o);
+    for wanted in [
+        "well-formed",
+        "known",
+        "active",
+        "scopes: chat",
+        "203.0.113.0/24",
+        "monthly spend $0.000000 of $5.000000",
+        "no problems",
+    ] {
+        assert!(text.contains(wanted), "{wanted}:\n{text}");
+    }
+    assert!(!text.contains(&secret));
+
+    let mut typo = secret.clone().into_bytes();
+    typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
+    let o = keys(&path, &["diagnose", &String::from_utf8(typo).unwrap()]);
+    assert!(!o.status.success() && out(&o).contains("checksum"));
+    let o = keys(
+        &path,
+        &["diagnose", keygate::auth::ApiKey::generate().expose()],
+    );
+    assert!(!o.status.success() && out(&o).contains("unknown"));
+
+    keys(&path, &["deactivate", &id]);
+    let o = keys(&path, &["diagnose", &secret]);
+    assert!(!o.status.success());
+    assert!(
+        out(&o).contains(&format!("keygate keys activate {id}")),
+        "{}",
+        out(&o)
+    );
+}
+
+#[tokio::test]
+async fn a_running_gateway_follows_cli_changes() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(dir.path(), &mock.url());
+    let gw = Binary::serve(BIN, &path, &[("KG_UPSTREAM", UPSTREAM_KEY)]).await;
+    let o = keys(
+        &path,
+        &[
+            "create",
+            "--name",
+            "app",
+            "--env",
+            "production",
+            "--scopes",
+            "chat",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    let key = TestKey {
+        id: v["id"].as_str().unwrap().to_owned(),
+        secret: v["key"].as_str().unwrap().to_owned(),
+    };
+    let url = gw.url("/v1/chat/completions");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while post_json(&url, Some(&key), chat("deepseek-chat"))
+        .await
+        .status
+        != 200
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new key was not live"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    keys(&path, &["deactivate", &key.id]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while post_json(&url, Some(&key), chat("deepseek-chat"))
+        .await
+        .code()
+        != "inactive_api_key"
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deactivated key was still served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGHUP reloads too.
+    gw.signal("-HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal("-TERM");
+    let (status, logs) = gw.wait().await;
+    assert!(status.success());
+    assert!(logs.contains("SIGHUP received"), "{logs}");
+    assert!(logs.matches("config reloaded").count() >= 3, "{logs}");
+    assert!(!logs.contains(&key.secret));
+}
