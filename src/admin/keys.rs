@@ -185,7 +185,9 @@ pub async fn handle(
     body: &[u8],
 ) -> Answer {
     use http::Method;
-    let now = SystemTime::now();
+    // The gateway's clock (injectable in tests), so expiry and grace follow the same time the
+    // gateway authenticates with.
+    let now = gw.metering.clock.now_utc();
     let result: Result<Answer, Answer> = async {
         match (method, segments) {
             (&Method::GET, ["keys"]) => {
