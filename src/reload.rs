@@ -16,8 +16,13 @@ const POLL: Duration = Duration::from_millis(250);
 /// A change is read once the file has looked the same for this long.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// Re-reads the config file and, if it is valid, makes it the one in force.
+/// Re-reads the config file and, if it is valid, makes it the one in force. Reloads are
+/// serialized, so one that read the file earlier can never swap in after one that read it later.
 pub fn reload(gw: &Gateway, path: &Path) -> bool {
+    let _one_at_a_time = gw
+        .reload_lock
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let result = &gw.metering.metrics.config_reloads;
     match crate::config::load(path) {
         Ok(config) => {
@@ -38,14 +43,17 @@ pub fn reload(gw: &Gateway, path: &Path) -> bool {
     }
 }
 
-#[derive(PartialEq, Eq, Clone, Copy)]
-struct Stamp {
+/// What identifies one version of the file: modification time, size and inode.
+#[derive(PartialEq, Eq, Clone, Copy, Debug)]
+pub struct Stamp {
     modified: Option<SystemTime>,
     len: u64,
     inode: u64,
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
+/// The file's current stamp. Take it before the first load, so that an edit made while the
+/// gateway starts is not missed.
+pub fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some(Stamp {
         modified: meta.modified().ok(),
@@ -68,20 +76,28 @@ async fn settled(path: &Path, mut seen: Option<Stamp>) -> Option<Stamp> {
     seen
 }
 
-/// Reloads on every change of the file and on SIGHUP, until `shutdown` resolves.
-pub async fn watch(
-    gw: Arc<Gateway>,
-    path: PathBuf,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+/// The SIGHUP listener; install it early, before the config is first read, so a SIGHUP sent
+/// during start-up is not fatal.
+pub fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!("cannot listen for SIGHUP ({e}); reloading on file changes only");
             None
         }
-    };
-    let mut last = stamp(&path);
+    }
+}
+
+/// Reloads on every change of the file (compared with `loaded`, the stamp taken before the
+/// config in force was read) and on SIGHUP, until `shutdown` resolves.
+pub async fn watch(
+    gw: Arc<Gateway>,
+    path: PathBuf,
+    loaded: Option<Stamp>,
+    mut hup: Option<tokio::signal::unix::Signal>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut last = loaded;
     let mut tick = tokio::time::interval(POLL);
     tokio::pin!(shutdown);
     loop {

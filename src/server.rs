@@ -46,7 +46,7 @@ pub async fn serve_admin(
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = gw.runtime().config.server.limits.clone();
-    let handler = move |_peer, req| crate::admin::handle(gw.clone(), req);
+    let handler = move |peer: SocketAddr, req| crate::admin::handle(gw.clone(), peer, req);
     serve(listener, limits, None, handler, shutdown).await;
 }
 

@@ -104,6 +104,8 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     /// The file the config came from: what the admin API edits and reload re-reads.
     pub config_path: Option<std::path::PathBuf>,
+    /// Serializes reloads (file watch, SIGHUP and admin changes).
+    pub reload_lock: std::sync::Mutex<()>,
     pub client: UpstreamClient,
     pub metering: Arc<Metering>,
 }
@@ -140,6 +142,7 @@ impl Gateway {
         Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),
             config_path: None,
+            reload_lock: std::sync::Mutex::new(()),
             client,
             metering,
         })

@@ -278,6 +278,19 @@ async fn rotation_keeps_both_secrets_valid_until_the_grace_ends() {
     assert_ne!(new.secret, old.secret);
     assert_eq!(chat_status(&gw, &new).await, 200);
     assert_eq!(chat_status(&gw, &old).await, 200);
+    // A second rotation inside the grace would cut off the old secret at once: refused.
+    let again = call(
+        &gw,
+        Method::POST,
+        "/admin/keys/app/rotate",
+        Some(json!({"grace": "7d"})),
+    )
+    .await;
+    assert_eq!(
+        (again.status.as_u16(), again.code()),
+        (409, "conflict".into())
+    );
+    assert_eq!(chat_status(&gw, &old).await, 200);
     // The same id: spend carries on across the rotation.
     let shown = call(&gw, Method::GET, "/admin/keys/app", None).await.json();
     assert_ne!(shown["month_spend_usd"], "0.000000", "{shown}");

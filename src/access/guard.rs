@@ -36,7 +36,7 @@ impl BruteForceGuard {
 
     /// How much longer `ip` stays blocked, if it is.
     pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        let until = self.entries.get(&ip)?.blocked_until;
+        let until = self.entries.get(&bucket(ip))?.blocked_until;
         let now = self.clock.now_nanos();
         (until > now).then(|| Duration::from_nanos(until - now))
     }
@@ -45,13 +45,11 @@ impl BruteForceGuard {
     /// started a block (the moment to report a `suspicious_pattern`).
     pub fn record_invalid(&self, ip: IpAddr, per_minute: u32, cooldown: Duration) -> Option<u32> {
         let now = self.clock.now_nanos();
+        let ip = bucket(ip);
         if self.entries.len() >= MAX_TRACKED && !self.entries.contains_key(&ip) {
-            self.entries.retain(|_, e| {
-                e.blocked_until > now || now.saturating_sub(e.window_start) < MINUTE_NS
-            });
-            if self.entries.len() >= MAX_TRACKED {
-                return None;
-            }
+            // Under a spray of addresses, forget the counts (keep the blocks) rather than stop
+            // counting: memory stays bounded and the guard keeps working.
+            self.entries.retain(|_, e| e.blocked_until > now);
         }
         let mut e = self.entries.entry(ip).or_default();
         if now.saturating_sub(e.window_start) >= MINUTE_NS || e.count == 0 {
@@ -65,6 +63,19 @@ impl BruteForceGuard {
             return Some(e.count);
         }
         None
+    }
+}
+
+/// One client, as the guard counts it: an IPv4 address, or an IPv6 /64 (one subscriber's
+/// network, which can hand out addresses without limit).
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let mut s = v6.segments();
+            s[4..].fill(0);
+            IpAddr::from(s)
+        }
+        v4 => v4,
     }
 }
 
@@ -102,6 +113,22 @@ mod tests {
         let clock = Arc::new(FakeClock::new(SystemTime::UNIX_EPOCH));
         let guard = BruteForceGuard::new(clock.clone());
         let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        // Other addresses of the same /64 are the same client.
+        for n in 0..20u16 {
+            let other = IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100 + n]);
+            assert_eq!(
+                guard.record_invalid(other, 20, Duration::from_secs(60)),
+                None
+            );
+        }
+        assert!(
+            guard
+                .record_invalid(ip, 20, Duration::from_secs(60))
+                .is_some()
+        );
+        assert!(guard.blocked("2001:db8::ffff".parse().unwrap()).is_some());
+        assert!(guard.blocked("2001:db8:0:1::1".parse().unwrap()).is_none());
+        clock.advance(Duration::from_secs(120));
         for _ in 0..100 {
             assert_eq!(guard.record_invalid(ip, 20, Duration::from_secs(60)), None);
             clock.advance(Duration::from_secs(4));

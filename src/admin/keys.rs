@@ -70,7 +70,9 @@ fn duration(text: &str, field: &str) -> Result<Duration, Answer> {
 impl KeyBody {
     fn fields(&self, now: SystemTime) -> Result<KeyFields, Answer> {
         let expires = match &self.expires_in {
-            Some(t) => Some(now + duration(t, "expires_in")?),
+            Some(t) => Some(
+                edit::later(now, duration(t, "expires_in")?, "expires_in").map_err(edit_error)?,
+            ),
             None => None,
         };
         Ok(KeyFields {
@@ -109,6 +111,7 @@ fn edit_error(e: EditError) -> Answer {
             "key_not_found",
             format!("no key with id {id:?}"),
         ),
+        EditError::Conflict(message) => error(StatusCode::CONFLICT, "conflict", message),
         EditError::Invalid(problems) => (
             StatusCode::BAD_REQUEST,
             json!({"error": {"message": "the change was refused; the config is unchanged", "type": "invalid_request_error", "code": "invalid_config", "problems": problems}}),
@@ -124,11 +127,13 @@ fn edit_error(e: EditError) -> Answer {
     }
 }
 
-/// Runs a file edit off the async threads, then reloads so it applies at once.
+/// Runs a file edit off the async threads, reloads so it applies at once, and records the
+/// change. It runs as its own task, so a client that hangs up cannot leave a change half done
+/// (written but not applied or not recorded).
 async fn change<T: Send + 'static>(
     gw: &Arc<Gateway>,
     action: &'static str,
-    key_id: Option<String>,
+    key_id: impl FnOnce(&T) -> String + Send + 'static,
     edit: impl FnOnce(&std::path::Path) -> Result<T, EditError> + Send + 'static,
 ) -> Result<T, Answer> {
     let Some(path) = gw.config_path.clone() else {
@@ -138,27 +143,37 @@ async fn change<T: Send + 'static>(
             "this gateway was not started from a config file",
         ));
     };
-    let reload_path = path.clone();
-    let result = tokio::task::spawn_blocking(move || edit(&path))
-        .await
-        .map_err(|e| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "edit_failed",
-                e.to_string(),
-            )
-        })?
-        .map_err(edit_error)?;
-    crate::reload::reload(gw, &reload_path);
-    gw.metering.events.record(Event {
-        time: SystemTime::now(),
-        kind: "admin_change",
-        reason: action,
-        key_id: key_id.map(Arc::from),
-        client_ip: None,
-        detail: None,
+    let gw = gw.clone();
+    let task = tokio::spawn(async move {
+        let reload_path = path.clone();
+        let result = tokio::task::spawn_blocking(move || edit(&path))
+            .await
+            .map_err(|e| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "edit_failed",
+                    e.to_string(),
+                )
+            })?
+            .map_err(edit_error)?;
+        crate::reload::reload(&gw, &reload_path);
+        gw.metering.events.record(Event {
+            time: SystemTime::now(),
+            kind: "admin_change",
+            reason: action,
+            key_id: Some(Arc::from(key_id(&result))),
+            client_ip: None,
+            detail: None,
+        });
+        Ok(result)
     });
-    Ok(result)
+    task.await.map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "edit_failed",
+            e.to_string(),
+        )
+    })?
 }
 
 fn describe(gw: &Gateway, id: &str) -> Option<Value> {
@@ -217,9 +232,12 @@ pub async fn handle(
                     },
                     expires_in: None,
                 };
-                let (id, key) = change(gw, "key_created", None, move |p| {
-                    edit::create(p, &spec, now)
-                })
+                let (id, key) = change(
+                    gw,
+                    "key_created",
+                    |(id, _): &(String, _)| id.clone(),
+                    move |p| edit::create(p, &spec, now),
+                )
                 .await?;
                 let mut v = describe(gw, &id).unwrap_or_else(|| json!({"id": id}));
                 v["key"] = json!(key.expose());
@@ -245,17 +263,29 @@ pub async fn handle(
                 }
                 let fields = b.fields(now)?;
                 let owned = id.to_string();
-                change(gw, "key_updated", Some(owned.clone()), move |p| {
-                    edit::update(p, &owned, &fields)
-                })
+                change(
+                    gw,
+                    "key_updated",
+                    {
+                        let id = owned.clone();
+                        move |_: &_| id
+                    },
+                    move |p| edit::update(p, &owned, &fields),
+                )
                 .await?;
                 Ok((StatusCode::OK, describe(gw, id).unwrap_or(Value::Null)))
             }
             (&Method::DELETE, ["keys", id]) => {
                 let owned = id.to_string();
-                change(gw, "key_deleted", Some(owned.clone()), move |p| {
-                    edit::delete(p, &owned)
-                })
+                change(
+                    gw,
+                    "key_deleted",
+                    {
+                        let id = owned.clone();
+                        move |_: &_| id
+                    },
+                    move |p| edit::delete(p, &owned),
+                )
                 .await?;
                 Ok((StatusCode::OK, json!({"id": id, "deleted": true})))
             }
@@ -267,9 +297,15 @@ pub async fn handle(
                 } else {
                     "key_deactivated"
                 };
-                change(gw, what, Some(owned.clone()), move |p| {
-                    edit::set_active(p, &owned, active)
-                })
+                change(
+                    gw,
+                    what,
+                    {
+                        let id = owned.clone();
+                        move |_: &_| id
+                    },
+                    move |p| edit::set_active(p, &owned, active),
+                )
                 .await?;
                 Ok((StatusCode::OK, describe(gw, id).unwrap_or(Value::Null)))
             }
@@ -277,9 +313,15 @@ pub async fn handle(
                 let b: RotateBody = parse(body)?;
                 let grace = duration(b.grace.as_deref().unwrap_or("7d"), "grace")?;
                 let owned = id.to_string();
-                let key = change(gw, "key_rotated", Some(owned.clone()), move |p| {
-                    edit::rotate(p, &owned, grace, now)
-                })
+                let key = change(
+                    gw,
+                    "key_rotated",
+                    {
+                        let id = owned.clone();
+                        move |_: &_| id
+                    },
+                    move |p| edit::rotate(p, &owned, grace, now),
+                )
                 .await?;
                 let mut v = describe(gw, id).unwrap_or_else(|| json!({"id": id}));
                 v["key"] = json!(key.expose());

@@ -28,6 +28,7 @@ const MAX_ADMIN_BODY: usize = 64 * 1024;
 
 pub async fn handle(
     gw: Arc<Gateway>,
+    peer: std::net::SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let path = req.uri().path().to_owned();
@@ -35,7 +36,7 @@ pub async fn handle(
         (&Method::GET, "/metrics") => metrics(&gw),
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "pass"})),
         (&Method::GET, "/readyz") => readyz(&gw).await,
-        (_, p) if p.starts_with("/admin/") => admin_api(&gw, req).await,
+        (_, p) if p.starts_with("/admin/") => admin_api(&gw, peer.ip().to_canonical(), req).await,
         _ => json_response(
             StatusCode::NOT_FOUND,
             &json!({"error": {"message": "Unknown admin route.", "type": "invalid_request_error", "code": "unknown_route"}}),
@@ -46,7 +47,12 @@ pub async fn handle(
 
 /// `/admin/*`: bearer token compared in constant time (as SHA-256 digests, so the comparison
 /// does not depend on the token's length either).
-async fn admin_api(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<ResponseBody> {
+/// Wrong tokens count toward the same brute-force guard as invalid API keys.
+async fn admin_api(
+    gw: &Arc<Gateway>,
+    client_ip: std::net::IpAddr,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     let unauthorized = |why: &str| {
         let mut r = json_response(
             StatusCode::UNAUTHORIZED,
@@ -57,6 +63,10 @@ async fn admin_api(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Respon
         r
     };
     let rt = gw.runtime();
+    let guard = &gw.metering.guard;
+    if guard.blocked(client_ip).is_some() {
+        return unauthorized("Too many wrong admin tokens from your address; try again later.");
+    }
     let Some(expected) = rt.admin_token else {
         return unauthorized(
             "The admin API is disabled: set the variable named by admin.token_env.",
@@ -66,11 +76,29 @@ async fn admin_api(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Respon
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        })
         .map(|t| <[u8; 32]>::from(sha2::Sha256::digest(t.trim().as_bytes())));
     let ok =
         presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(&p[..], &expected[..])));
     if !ok {
+        let limits = &rt.config.server.limits;
+        guard.record_invalid(
+            client_ip,
+            limits.invalid_keys_per_minute,
+            limits.invalid_key_cooldown,
+        );
+        gw.metering.events.record(crate::events::Event {
+            time: std::time::SystemTime::now(),
+            kind: "unauthorized",
+            reason: "invalid_admin_token",
+            key_id: None,
+            client_ip: Some(client_ip),
+            detail: None,
+        });
         return unauthorized("Missing or wrong admin token.");
     }
     let (parts, body) = req.into_parts();

@@ -84,11 +84,11 @@ pub fn generate(json: bool) {
 
 fn fields(flags: &KeyFlags, name: Option<String>) -> Result<KeyFields, String> {
     let expires = match &flags.expires {
-        Some(t) => Some(
-            SystemTime::now()
-                + humantime::parse_duration(t)
-                    .map_err(|e| format!("--expires {t:?} is not a duration like 90d: {e}"))?,
-        ),
+        Some(t) => {
+            let d = humantime::parse_duration(t)
+                .map_err(|e| format!("--expires {t:?} is not a duration like 90d: {e}"))?;
+            Some(edit::later(SystemTime::now(), d, "--expires").map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
@@ -147,8 +147,12 @@ fn set_active(path: &Path, id: &str, active: bool) -> Result<(), String> {
 fn rotate(path: &Path, id: &str, grace: &str, json: bool) -> Result<(), String> {
     let grace = humantime::parse_duration(grace)
         .map_err(|e| format!("--grace {grace:?} is not a duration like 7d: {e}"))?;
-    let key = edit::rotate(path, id, grace, SystemTime::now()).map_err(|e| e.to_string())?;
-    let until = humantime::format_rfc3339_seconds(SystemTime::now() + grace).to_string();
+    let now = SystemTime::now();
+    let key = edit::rotate(path, id, grace, now).map_err(|e| e.to_string())?;
+    let until = edit::later(now, grace, "--grace").map_or_else(
+        |e| e.to_string(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    );
     if json {
         println!(
             "{}",

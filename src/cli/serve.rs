@@ -46,6 +46,11 @@ pub fn run(path: &Path) -> ExitCode {
 }
 
 async fn serve(path: &Path) -> (ExitCode, Option<Arc<Gateway>>) {
+    // One name for the file, whatever symlink or relative path it was given by, so the
+    // watcher, the admin API and the CLI all lock and replace the same file.
+    let path = &std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let hup = crate::reload::hangup_signal();
+    let loaded = crate::reload::stamp(path);
     let config = match crate::config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -115,6 +120,8 @@ async fn serve(path: &Path) -> (ExitCode, Option<Arc<Gateway>>) {
     tokio::spawn(crate::reload::watch(
         gw.clone(),
         path.to_owned(),
+        loaded,
+        hup,
         wait_for(stopped.clone()),
     ));
     server::run(listener, gw.clone(), tls, async {

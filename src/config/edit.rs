@@ -29,6 +29,24 @@ pub enum EditError {
     NotFound(String),
     #[error("the change was refused; the file is unchanged:\n{}", .0.join("\n"))]
     Invalid(Vec<String>),
+    /// The change conflicts with the key's state (a rotation already in its grace).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The latest time an edit may write (expiry, grace): a hundred years from now.
+const MAX_AHEAD: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `now + d`, refused when it is absurdly far ahead (or would overflow).
+pub fn later(now: SystemTime, d: Duration, what: &str) -> Result<SystemTime, EditError> {
+    if d > MAX_AHEAD {
+        return Err(EditError::Invalid(vec![format!(
+            "{what}: {} is more than a hundred years",
+            humantime::format_duration(d)
+        )]));
+    }
+    now.checked_add(d)
+        .ok_or_else(|| EditError::Invalid(vec![format!("{what}: too far in the future")]))
 }
 
 /// A new key's settings (unset fields come from its environment).
@@ -109,6 +127,11 @@ fn apply<T>(
     path: &Path,
     change: impl FnOnce(&mut DocumentMut) -> Result<T, EditError>,
 ) -> Result<T, EditError> {
+    // Edit the real file (not a symlink to it), under one lock whatever the spelling.
+    let path = &std::fs::canonicalize(path).map_err(|source| EditError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let _lock = FileLock::acquire(path)?;
     let io = |source| EditError::Io {
         path: path.to_owned(),
@@ -144,9 +167,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         }
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        std::fs::rename(&tmp, path)
     })();
+    if result.is_ok() {
+        // The new file is in place; making the rename itself durable is best effort.
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync the config directory");
+        }
+    }
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -252,7 +280,7 @@ pub fn create(path: &Path, spec: &NewKey, now: SystemTime) -> Result<(String, Ap
         t["created"] = value(utc(now)?);
         let mut fields = spec.fields.clone();
         if let Some(life) = spec.expires_in {
-            fields.expires = Some(now + life);
+            fields.expires = Some(later(now, life, "expires")?);
         }
         set_fields(&mut t, &fields)?;
         keys_mut(doc)?.push(t);
@@ -300,8 +328,20 @@ pub fn rotate(
         let Some(old) = old else {
             return Err(EditError::Invalid(vec![format!("key {id:?} has no hash")]));
         };
+        // A second rotation inside the grace would cut off the secret clients still use.
+        let grace_running = t
+            .get("previous_expires")
+            .and_then(|v| v.as_datetime())
+            .and_then(|d| humantime::parse_rfc3339(&d.to_string()).ok())
+            .filter(|until| *until > now);
+        if let Some(until) = grace_running {
+            return Err(EditError::Conflict(format!(
+                "key {id:?} is already in a rotation grace until {}; rotate again after it ends",
+                humantime::format_rfc3339_seconds(until)
+            )));
+        }
         t["previous_hash"] = value(old);
-        t["previous_expires"] = value(utc(now + grace)?);
+        t["previous_expires"] = value(utc(later(now, grace, "grace")?)?);
         t["hash"] = value(hash.as_str());
         Ok(())
     })?;

@@ -125,6 +125,7 @@ impl Gw {
         }
         let path = dir.path().join("keygate.toml");
         std::fs::write(&path, &text).unwrap();
+        let loaded = keygate::reload::stamp(&path);
         let config =
             keygate::config::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let runtime = Runtime::with_secrets(config, upstream_key, Some(ADMIN_TOKEN));
@@ -136,6 +137,8 @@ impl Gw {
         tokio::spawn(keygate::reload::watch(
             gateway.clone(),
             path,
+            loaded,
+            None,
             std::future::pending(),
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
