@@ -176,6 +176,23 @@ async fn change<T: Send + 'static>(
     })?
 }
 
+/// [`change`] for an existing key: the event names it.
+async fn change_key<T: Send + 'static>(
+    gw: &Arc<Gateway>,
+    action: &'static str,
+    id: &str,
+    edit: impl FnOnce(&std::path::Path, &str) -> Result<T, EditError> + Send + 'static,
+) -> Result<T, Answer> {
+    let (for_edit, for_event) = (id.to_owned(), id.to_owned());
+    change(
+        gw,
+        action,
+        move |_: &T| for_event,
+        move |p| edit(p, &for_edit),
+    )
+    .await
+}
+
 fn describe(gw: &Gateway, id: &str) -> Option<Value> {
     let rt = gw.runtime();
     let key = rt.config.keys.iter().find(|k| &*k.id == id)?;
@@ -262,66 +279,32 @@ pub async fn handle(
                     ));
                 }
                 let fields = b.fields(now)?;
-                let owned = id.to_string();
-                change(
-                    gw,
-                    "key_updated",
-                    {
-                        let id = owned.clone();
-                        move |_: &_| id
-                    },
-                    move |p| edit::update(p, &owned, &fields),
-                )
+                change_key(gw, "key_updated", id, move |p, id| {
+                    edit::update(p, id, &fields)
+                })
                 .await?;
                 Ok((StatusCode::OK, describe(gw, id).unwrap_or(Value::Null)))
             }
             (&Method::DELETE, ["keys", id]) => {
-                let owned = id.to_string();
-                change(
-                    gw,
-                    "key_deleted",
-                    {
-                        let id = owned.clone();
-                        move |_: &_| id
-                    },
-                    move |p| edit::delete(p, &owned),
-                )
-                .await?;
+                change_key(gw, "key_deleted", id, edit::delete).await?;
                 Ok((StatusCode::OK, json!({"id": id, "deleted": true})))
             }
             (&Method::POST, ["keys", id, action @ ("activate" | "deactivate")]) => {
                 let active = *action == "activate";
-                let owned = id.to_string();
                 let what = if active {
                     "key_activated"
                 } else {
                     "key_deactivated"
                 };
-                change(
-                    gw,
-                    what,
-                    {
-                        let id = owned.clone();
-                        move |_: &_| id
-                    },
-                    move |p| edit::set_active(p, &owned, active),
-                )
-                .await?;
+                change_key(gw, what, id, move |p, id| edit::set_active(p, id, active)).await?;
                 Ok((StatusCode::OK, describe(gw, id).unwrap_or(Value::Null)))
             }
             (&Method::POST, ["keys", id, "rotate"]) => {
                 let b: RotateBody = parse(body)?;
                 let grace = duration(b.grace.as_deref().unwrap_or("7d"), "grace")?;
-                let owned = id.to_string();
-                let key = change(
-                    gw,
-                    "key_rotated",
-                    {
-                        let id = owned.clone();
-                        move |_: &_| id
-                    },
-                    move |p| edit::rotate(p, &owned, grace, now),
-                )
+                let key = change_key(gw, "key_rotated", id, move |p, id| {
+                    edit::rotate(p, id, grace, now)
+                })
                 .await?;
                 let mut v = describe(gw, id).unwrap_or_else(|| json!({"id": id}));
                 v["key"] = json!(key.expose());
