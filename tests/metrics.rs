@@ -240,17 +240,7 @@ async fn health_and_readiness_explain_themselves() {
     assert_eq!(get(&s.gw.admin_url("/nothing"), None).await.status, 404);
     assert_eq!(get(&s.gw.admin_url("/admin/keys"), None).await.status, 401);
 
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let (key, hash) = TestKey::new("app");
-    let gw = Gw::start(&config_text(
-        &format!("http://{dead}"),
-        "",
-        &key_toml("app", &hash, "scopes = [\"chat\"]"),
-    ))
-    .await;
+    let (gw, key) = Gw::with_dead_upstream().await;
     assert_eq!(
         post_json(
             &gw.url("/v1/chat/completions"),

@@ -366,18 +366,7 @@ async fn post_json_raw(s: &Setup, body: String) -> Answer {
 
 #[tokio::test]
 async fn upstream_unreachable_is_502_and_timeout_is_504() {
-    // A port that was just free: nothing listens there.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let (key, hash) = TestKey::new("app");
-    let gw = Gw::start(&config_text(
-        &format!("http://{dead}"),
-        "",
-        &key_toml("app", &hash, "scopes = [\"chat\"]"),
-    ))
-    .await;
+    let (gw, key) = Gw::with_dead_upstream().await;
     let a = post_json(
         &gw.url("/v1/chat/completions"),
         Some(&key),

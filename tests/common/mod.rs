@@ -169,6 +169,21 @@ impl Gw {
         }
     }
 
+    /// A gateway whose upstream is a port that was just free (nothing listens there), with one
+    /// chat key.
+    pub async fn with_dead_upstream() -> (Self, TestKey) {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (key, hash) = TestKey::new("app");
+        let rest = key_toml("app", &hash, "scopes = [\"chat\"]");
+        (
+            Self::start(&config_text(&format!("http://{dead}"), "", &rest)).await,
+            key,
+        )
+    }
+
     /// The config file this gateway runs on (watched: edits apply within a second).
     pub fn config_path(&self) -> std::path::PathBuf {
         self.dir.path().join("keygate.toml")
