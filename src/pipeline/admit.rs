@@ -27,8 +27,10 @@ pub fn admit<B>(
     check_framing(req.headers())
 }
 
-/// Refuses framing that two HTTP parsers could read differently: `Transfer-Encoding` together
-/// with `Content-Length`, or any transfer coding other than a single `chunked`.
+/// Refuses framing that two HTTP parsers could read differently: any transfer coding other
+/// than a single `chunked`, and `Transfer-Encoding` together with `Content-Length`. (hyper
+/// already drops the `Content-Length` of such a request and closes the connection after it;
+/// the second check keeps keygate safe should that ever change.)
 fn check_framing(headers: &HeaderMap) -> Result<(), Refusal> {
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
     let Some(first) = codings.next() else {

@@ -1,5 +1,6 @@
 //! Reads just enough of a JSON request body to authorize and meter it (model, stream,
-//! max_tokens, stream_options.include_usage); the body itself is forwarded unchanged.
+//! max_tokens, stream_options.include_usage). The body is forwarded unchanged, except that
+//! [`with_include_usage`] asks a stream for its usage when the client did not.
 //!
 //! Refused: bodies that are not a JSON object, nesting deeper than the configured limit, and
 //! duplicate keys at the top level or in `stream_options`, because two parsers that pick
