@@ -37,10 +37,6 @@ impl ReferrerRules {
             .map(Self)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The patterns as written.
     pub fn patterns(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|r| r.pattern.as_str())

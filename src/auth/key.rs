@@ -125,10 +125,6 @@ impl KeyDigest {
         }
         Ok(Self(out))
     }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
 }
 
 fn hex_val(c: u8) -> Option<u8> {

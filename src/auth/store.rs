@@ -74,14 +74,6 @@ impl KeyStore {
         }
         Ok(policy)
     }
-
-    pub fn len(&self) -> usize {
-        self.by_digest.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_digest.is_empty()
-    }
 }
 
 /// Passes through the `u64` that [`KeyDigest`]'s `Hash` writes.

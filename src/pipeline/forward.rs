@@ -95,20 +95,14 @@ pub async fn send(
     }
 }
 
+/// Whether the failure was a timeout (hyper-util reports its connect timeout as an I/O
+/// `TimedOut` somewhere in the error's source chain).
 fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        if err.to_string().contains("timed out") {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+    let first: &(dyn std::error::Error + 'static) = e;
+    std::iter::successors(Some(first), |err| err.source()).any(|err| {
+        err.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
 }
 
 fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {

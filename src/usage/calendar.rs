@@ -15,7 +15,7 @@ pub fn month_index(t: SystemTime) -> u32 {
 }
 
 /// The month index of a `YYYY-MM-DD` or `YYYY-MM` string.
-pub fn month_index_of_day(day: &str) -> Option<u32> {
+fn month_index_of_day(day: &str) -> Option<u32> {
     let year: u32 = day.get(0..4)?.parse().ok()?;
     let month: u32 = day.get(5..7)?.parse().ok()?;
     Some(year * 12 + month - 1)
