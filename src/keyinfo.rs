@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::config::KeyPolicy;
 use crate::limits::RateHeaders;
-use crate::usage::cli_usd;
+use crate::usage::cost::format_usd;
 
 /// `active`, `inactive` or `expired`.
 pub fn status(key: &KeyPolicy, now: SystemTime) -> &'static str {
@@ -53,12 +53,12 @@ pub fn describe(key: &KeyPolicy, now: SystemTime, usage: &KeyUse) -> Value {
         "limits": {
             "requests_per_minute": l.requests_per_minute.map(|n| n.get()),
             "tokens_per_minute": l.tokens_per_minute.map(|n| n.get()),
-            "monthly_spend_usd": l.monthly_spend_micros.map(cli_usd),
+            "monthly_spend_usd": l.monthly_spend_micros.map(format_usd),
             "max_concurrent_requests": l.max_concurrent_requests.map(|n| n.get()),
             "default_max_tokens": l.default_max_tokens.map(|n| n.get()),
         },
         "last_used": usage.last_used,
-        "month_spend_usd": cli_usd(usage.month_spend_micros),
+        "month_spend_usd": format_usd(usage.month_spend_micros),
         "budget_used": l.monthly_spend_micros.map(|b| if b == 0 { 1.0 } else { usage.month_spend_micros as f64 / b as f64 }),
         "current_window": usage.windows.map(|w| json!({"requests": window(w.requests), "tokens": window(w.tokens)})),
     })

@@ -12,7 +12,8 @@ use crate::auth::{ApiKey, key};
 use crate::config::edit::{self, EditError, KeyFields, NewKey};
 use crate::config::{Config, KeyPolicy};
 use crate::keyinfo::{self, KeyUse};
-use crate::usage::{Ledger, calendar, cli_usd};
+use crate::usage::cost::format_usd;
+use crate::usage::{Ledger, calendar};
 
 pub fn run(command: KeysCommand) -> ExitCode {
     let result = match command {
@@ -470,8 +471,8 @@ fn diagnose(path: &Path, presented: &str) -> Result<(), String> {
         };
         let line = format!(
             "monthly spend ${} of ${} ({:.0}%)",
-            cli_usd(usage.month_spend_micros),
-            cli_usd(budget),
+            format_usd(usage.month_spend_micros),
+            format_usd(budget),
             used * 100.0
         );
         if used >= 1.0 {

@@ -21,7 +21,7 @@ pub enum Format {
     Json,
 }
 
-use crate::usage::cli_usd as usd;
+use crate::usage::cost::format_usd as usd;
 
 /// `part / whole` as a percentage with two decimals.
 fn percent(part: u64, whole: u64) -> String {
@@ -108,6 +108,53 @@ pub fn run(config_path: &Path, key: Option<&str>, days: u32, format: Format) -> 
     ExitCode::SUCCESS
 }
 
+/// The per-day columns the table and CSV share, in order.
+fn cells(r: &DailyRow) -> [String; 10] {
+    [
+        r.key_id.clone(),
+        r.day.clone(),
+        r.model.clone(),
+        r.requests.to_string(),
+        r.errors.to_string(),
+        r.prompt_tokens.to_string(),
+        r.cached_prompt_tokens.to_string(),
+        r.completion_tokens.to_string(),
+        usd(r.cost_micros),
+        r.estimated.to_string(),
+    ]
+}
+
+const TABLE_HEADER: [&str; 10] = [
+    "KEY",
+    "DAY",
+    "MODEL",
+    "REQUESTS",
+    "ERRORS",
+    "PROMPT",
+    "CACHED",
+    "COMPLETION",
+    "COST_USD",
+    "EST",
+];
+/// Column widths; the first three are left-aligned, the numbers right-aligned.
+const TABLE_WIDTHS: [usize; 10] = [20, 10, 18, 9, 7, 10, 10, 11, 12, 5];
+
+fn table_line(out: &mut String, cells: [String; 10]) {
+    let line: Vec<String> = cells
+        .iter()
+        .zip(TABLE_WIDTHS)
+        .enumerate()
+        .map(|(i, (c, w))| {
+            if i < 3 {
+                format!("{c:<w$}")
+            } else {
+                format!("{c:>w$}")
+            }
+        })
+        .collect();
+    let _ = writeln!(out, "{}", line.join(" "));
+}
+
 fn render(
     rows: &[DailyRow],
     totals: &BTreeMap<&str, Totals>,
@@ -120,21 +167,8 @@ fn render(
         Format::Csv => {
             out.push_str("key_id,day,model,requests,errors,prompt_tokens,cached_prompt_tokens,completion_tokens,cost_usd,estimated,avg_latency_ms\n");
             for r in rows {
-                let _ = writeln!(
-                    out,
-                    "{},{},{},{},{},{},{},{},{},{},{}",
-                    r.key_id,
-                    r.day,
-                    r.model,
-                    r.requests,
-                    r.errors,
-                    r.prompt_tokens,
-                    r.cached_prompt_tokens,
-                    r.completion_tokens,
-                    usd(r.cost_micros),
-                    r.estimated,
-                    r.latency_ms_sum.checked_div(r.requests).unwrap_or(0)
-                );
+                let avg_ms = r.latency_ms_sum.checked_div(r.requests).unwrap_or(0);
+                let _ = writeln!(out, "{},{avg_ms}", cells(r).join(","));
             }
         }
         Format::Json => {
@@ -163,35 +197,13 @@ fn render(
             let _ = writeln!(out, "{body:#}");
         }
         Format::Table => {
-            let _ = writeln!(
-                out,
-                "{:<20} {:<10} {:<18} {:>9} {:>7} {:>10} {:>10} {:>11} {:>12} {:>5}",
-                "KEY",
-                "DAY",
-                "MODEL",
-                "REQUESTS",
-                "ERRORS",
-                "PROMPT",
-                "CACHED",
-                "COMPLETION",
-                "COST_USD",
-                "EST"
-            );
+            table_line(&mut out, TABLE_HEADER.map(String::from));
             for r in rows {
-                let _ = writeln!(
-                    out,
-                    "{:<20} {:<10} {:<18} {:>9} {:>7} {:>10} {:>10} {:>11} {:>12} {:>5}",
-                    r.key_id,
-                    r.day,
-                    if r.model.is_empty() { "-" } else { &r.model },
-                    r.requests,
-                    r.errors,
-                    r.prompt_tokens,
-                    r.cached_prompt_tokens,
-                    r.completion_tokens,
-                    usd(r.cost_micros),
-                    r.estimated
-                );
+                let mut row = cells(r);
+                if row[2].is_empty() {
+                    row[2] = "-".into();
+                }
+                table_line(&mut out, row);
             }
             for (key, t) in totals {
                 let peak = t

@@ -9,6 +9,11 @@ fn micros(numerator: u128) -> u64 {
     u64::try_from(numerator.div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
+/// Micro-dollars as a USD amount with all six decimals (`1.370000`).
+pub fn format_usd(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
 /// What a request with this usage costs.
 pub fn of_usage(price: &Price, usage: &Usage) -> u64 {
     let cached = usage.cached_prompt_tokens.min(usage.prompt_tokens);

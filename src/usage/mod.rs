@@ -8,9 +8,4 @@ pub mod ledger;
 pub mod recorder;
 
 pub use ledger::Ledger;
-
-/// Micro-dollars as a USD string with all six decimals.
-pub fn cli_usd(micros: u64) -> String {
-    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
-}
 pub use recorder::{Recorder, UsageEvent};
