@@ -47,14 +47,10 @@ fn secret(a: &Answer) -> TestKey {
 }
 
 async fn chat_status(gw: &Gw, key: &TestKey) -> u16 {
-    post_json(
-        &gw.url("/v1/chat/completions"),
-        Some(key),
-        chat("deepseek-chat"),
-    )
-    .await
-    .status
-    .as_u16()
+    chat_request(&gw.url("/v1/chat/completions"), key)
+        .await
+        .status
+        .as_u16()
 }
 
 #[tokio::test]
@@ -139,12 +135,7 @@ async fn keys_are_created_changed_deactivated_and_deleted_at_once() {
         .status,
         200
     );
-    let refused = post_json(
-        &s.gw.url("/v1/chat/completions"),
-        Some(&key),
-        chat("deepseek-chat"),
-    )
-    .await;
+    let refused = chat_request(&s.gw.url("/v1/chat/completions"), &key).await;
     assert_eq!(refused.code(), "inactive_api_key");
     assert_eq!(
         call(
@@ -298,12 +289,7 @@ async fn rotation_keeps_both_secrets_valid_until_the_grace_ends() {
     clock.advance(Duration::from_secs(6 * 86_400));
     assert_eq!(chat_status(&gw, &old).await, 200, "still within the grace");
     clock.advance(Duration::from_secs(86_400 + 1));
-    let refused = post_json(
-        &gw.url("/v1/chat/completions"),
-        Some(&old),
-        chat("deepseek-chat"),
-    )
-    .await;
+    let refused = chat_request(&gw.url("/v1/chat/completions"), &old).await;
     assert_eq!(
         (refused.status.as_u16(), refused.code()),
         (401, "expired_api_key".into())

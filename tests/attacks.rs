@@ -320,15 +320,10 @@ async fn an_address_that_tries_many_invalid_keys_is_blocked_for_a_while() {
             id: String::new(),
             secret: keygate::auth::ApiKey::generate().expose().to_owned(),
         };
-        assert_eq!(
-            post_json(&url, Some(&guess), chat("deepseek-chat"))
-                .await
-                .status,
-            401
-        );
+        assert_eq!(chat_request(&url, &guess).await.status, 401);
     }
     // Blocked before any lookup, even with a valid key.
-    let a = post_json(&url, Some(s.key("app")), chat("deepseek-chat")).await;
+    let a = chat_request(&url, s.key("app")).await;
     assert_eq!(
         (a.status.as_u16(), a.code()),
         (429, "rate_limit_exceeded".into())
@@ -345,7 +340,7 @@ async fn an_address_that_tries_many_invalid_keys_is_blocked_for_a_while() {
     // After the cool-down the address is served again.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let a = post_json(&url, Some(s.key("app")), chat("deepseek-chat")).await;
+        let a = chat_request(&url, s.key("app")).await;
         if a.status == 200 {
             break;
         }

@@ -12,17 +12,11 @@ use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-
 fn check(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keygate.toml");
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_keygate(&["check"], &path);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -35,7 +29,7 @@ fn valid_with(keys: &str) -> String {
 
 #[test]
 fn the_shipped_example_config_is_valid() {
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(KEYGATE_BIN)
         .args([
             "check",
             "--config",
@@ -182,7 +176,7 @@ fn check_names_the_toml_path_of_every_problem() {
 
 #[test]
 fn keys_generate_prints_a_valid_key_and_its_hash() {
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(KEYGATE_BIN)
         .args(["keys", "generate", "--json"])
         .output()
         .unwrap();
@@ -206,7 +200,7 @@ async fn serve_drains_in_flight_streams_on_sigterm_and_exits_zero() {
     )
     .replace("KEYGATE_TEST_UNUSED", "KG_TEST_UPSTREAM_KEY");
     std::fs::write(&path, text).unwrap();
-    let gw = Binary::serve(BIN, &path, &[("KG_TEST_UPSTREAM_KEY", UPSTREAM_KEY)]).await;
+    let gw = Binary::serve(&path, &[("KG_TEST_UPSTREAM_KEY", UPSTREAM_KEY)]).await;
 
     let body = serde_json::json!({"model": "deepseek-chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let req = Request::post(gw.url("/v1/chat/completions"))

@@ -11,18 +11,8 @@ use std::time::Duration;
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-
 fn keys(path: &Path, args: &[&str]) -> Output {
-    let (sub, rest) = args.split_first().unwrap();
-    std::process::Command::new(BIN)
-        .args(["keys", sub])
-        .args(rest)
-        .arg("--config")
-        .arg(path)
-        .env_remove("KEYGATE_ADMIN_TOKEN")
-        .output()
-        .unwrap()
+    run_keygate(&[&["keys"], args].concat(), path)
 }
 
 fn out(o: &Output) -> String {
@@ -278,7 +268,7 @@ async fn a_running_gateway_follows_cli_changes() {
     let mock = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = config_file(dir.path(), &mock.url());
-    let gw = Binary::serve(BIN, &path, &[("KG_UPSTREAM", UPSTREAM_KEY)]).await;
+    let gw = Binary::serve(&path, &[("KG_UPSTREAM", UPSTREAM_KEY)]).await;
     let o = keys(
         &path,
         &[
@@ -299,11 +289,7 @@ async fn a_running_gateway_follows_cli_changes() {
     };
     let url = gw.url("/v1/chat/completions");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while post_json(&url, Some(&key), chat("deepseek-chat"))
-        .await
-        .status
-        != 200
-    {
+    while chat_request(&url, &key).await.status != 200 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the new key was not live"
@@ -312,11 +298,7 @@ async fn a_running_gateway_follows_cli_changes() {
     }
     keys(&path, &["deactivate", &key.id]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while post_json(&url, Some(&key), chat("deepseek-chat"))
-        .await
-        .code()
-        != "inactive_api_key"
-    {
+    while chat_request(&url, &key).await.code() != "inactive_api_key" {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the deactivated key was still served"

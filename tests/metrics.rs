@@ -42,12 +42,7 @@ async fn counters_match_a_known_sequence_of_requests_and_promtool_accepts_them()
     let url = s.gw.url("/v1/chat/completions");
     // Two plain completions and one stream: each 4 prompt + 3 completion tokens.
     for _ in 0..2 {
-        assert_eq!(
-            post_json(&url, Some(s.key("app")), chat("deepseek-chat"))
-                .await
-                .status,
-            200
-        );
+        assert_eq!(chat_request(&url, s.key("app")).await.status, 200);
     }
     let stream = json!({"model": "deepseek-chat", "stream": true, "messages": [{"role": "user", "content": "Say hello"}]});
     let r = Request::post(&url)
@@ -69,18 +64,8 @@ async fn counters_match_a_known_sequence_of_requests_and_promtool_accepts_them()
         id: "x".into(),
         secret: ApiKey::generate().expose().to_owned(),
     };
-    assert_eq!(
-        post_json(&url, Some(&unknown), chat("deepseek-chat"))
-            .await
-            .status,
-        401
-    );
-    assert_eq!(
-        post_json(&url, Some(s.key("net")), chat("deepseek-chat"))
-            .await
-            .status,
-        403
-    );
+    assert_eq!(chat_request(&url, &unknown).await.status, 401);
+    assert_eq!(chat_request(&url, s.key("net")).await.status, 403);
     assert_eq!(
         post_json(&url, Some(s.key("app")), chat("nope"))
             .await
@@ -88,7 +73,7 @@ async fn counters_match_a_known_sequence_of_requests_and_promtool_accepts_them()
         404
     );
     for _ in 0..3 {
-        post_json(&url, Some(s.key("app")), chat("deepseek-chat")).await;
+        chat_request(&url, s.key("app")).await;
     }
 
     // Settlement of the stream happens as its body ends; wait for the in-flight gauge.
@@ -242,13 +227,9 @@ async fn health_and_readiness_explain_themselves() {
 
     let (gw, key) = Gw::with_dead_upstream().await;
     assert_eq!(
-        post_json(
-            &gw.url("/v1/chat/completions"),
-            Some(&key),
-            chat("deepseek-chat")
-        )
-        .await
-        .status,
+        chat_request(&gw.url("/v1/chat/completions"), &key)
+            .await
+            .status,
         502
     );
     let a = get(&gw.admin_url("/readyz"), None).await;

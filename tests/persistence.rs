@@ -12,15 +12,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-
 fn usage(config: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(BIN)
-        .args(["usage", "--config"])
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = run_keygate(&[&["usage"], args].concat(), config);
     assert!(
         out.status.success(),
         "{}",
@@ -74,14 +67,9 @@ async fn spend_survives_sigterm_and_sigkill_and_usage_reads_it() {
     let env = [("KG_UPSTREAM", UPSTREAM_KEY)];
 
     // SIGTERM: everything is flushed on the way out.
-    let gw = Binary::serve(BIN, &config, &env).await;
+    let gw = Binary::serve(&config, &env).await;
     assert_eq!(overspend(&gw, &term_key).await.status, 200);
-    let refused = post_json(
-        &gw.url("/v1/chat/completions"),
-        Some(&term_key),
-        chat("deepseek-chat"),
-    )
-    .await;
+    let refused = chat_request(&gw.url("/v1/chat/completions"), &term_key).await;
     assert_eq!(
         (refused.status.as_u16(), refused.code()),
         (429, "budget_exceeded".into())
@@ -93,13 +81,8 @@ async fn spend_survives_sigterm_and_sigkill_and_usage_reads_it() {
     assert!(spent > 1000, "spent {spent}");
 
     // After the restart the budget is still used up, and the spend is the same.
-    let gw = Binary::serve(BIN, &config, &env).await;
-    let refused = post_json(
-        &gw.url("/v1/chat/completions"),
-        Some(&term_key),
-        chat("deepseek-chat"),
-    )
-    .await;
+    let gw = Binary::serve(&config, &env).await;
+    let refused = chat_request(&gw.url("/v1/chat/completions"), &term_key).await;
     assert_eq!(refused.code(), "budget_exceeded");
     assert_eq!(cost_of(&config, "term"), spent);
 
@@ -120,14 +103,9 @@ async fn spend_survives_sigterm_and_sigkill_and_usage_reads_it() {
     gw.signal("-KILL");
     let (status, _) = gw.wait().await;
     assert!(!status.success());
-    let gw = Binary::serve(BIN, &config, &env).await;
+    let gw = Binary::serve(&config, &env).await;
     assert_eq!(cost_of(&config, "kill"), before_kill);
-    let refused = post_json(
-        &gw.url("/v1/chat/completions"),
-        Some(&kill_key),
-        chat("deepseek-chat"),
-    )
-    .await;
+    let refused = chat_request(&gw.url("/v1/chat/completions"), &kill_key).await;
     assert_eq!(refused.code(), "budget_exceeded");
 
     // `keygate usage` in all three formats, while the gateway runs.

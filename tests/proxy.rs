@@ -18,7 +18,7 @@ async fn chat_completion_is_forwarded_with_the_upstream_key_and_returned_unchang
     let s = Setup::new(&[("app", CHAT_KEY)]).await;
     let key = s.key("app");
     for path in ["/v1/chat/completions", "/chat/completions"] {
-        let a = post_json(&s.gw.url(path), Some(key), chat("deepseek-chat")).await;
+        let a = chat_request(&s.gw.url(path), key).await;
         assert_eq!(a.status, 200, "{}", a.text());
         let v = a.json();
         assert_eq!(v["choices"][0]["message"]["content"], "w0 w1 w2 ");
@@ -221,12 +221,7 @@ async fn upstream_base_path_is_prefixed() {
         &key_toml("app", &hash, CHAT_KEY),
     );
     let gw = Gw::start(&cfg).await;
-    let a = post_json(
-        &gw.url("/chat/completions"),
-        Some(&key),
-        chat("deepseek-chat"),
-    )
-    .await;
+    let a = chat_request(&gw.url("/chat/completions"), &key).await;
     assert_eq!(a.status, 200);
     assert_eq!(mock.requests()[0].path_and_query, "/v1/chat/completions");
 }

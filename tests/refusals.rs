@@ -74,21 +74,16 @@ async fn expired_and_inactive_keys_have_their_own_codes() {
     .await;
     let url = s.gw.url("/v1/chat/completions");
     assert_openai_error(
-        &post_json(&url, Some(s.key("old")), chat("deepseek-chat")).await,
+        &chat_request(&url, s.key("old")).await,
         401,
         "expired_api_key",
     );
     assert_openai_error(
-        &post_json(&url, Some(s.key("off")), chat("deepseek-chat")).await,
+        &chat_request(&url, s.key("off")).await,
         401,
         "inactive_api_key",
     );
-    assert_eq!(
-        post_json(&url, Some(s.key("future")), chat("deepseek-chat"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(chat_request(&url, s.key("future")).await.status, 200);
     assert_eq!(s.mock.requests().len(), 1);
 }
 
@@ -109,30 +104,11 @@ async fn rotated_out_secret_works_until_its_grace_ends() {
     rest.push_str(&key_toml("gone", &gone_current_hash, &format!("scopes = [\"chat\"]\nprevious_hash = \"{gone_hash}\"\nprevious_expires = 2026-01-02T00:00:00Z")));
     let gw = Gw::start(&config_text(&mock.url(), "", &rest)).await;
     let url = gw.url("/v1/chat/completions");
-    assert_eq!(
-        post_json(&url, Some(&current), chat("deepseek-chat"))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        post_json(&url, Some(&old), chat("deepseek-chat"))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        post_json(&url, Some(&gone_current), chat("deepseek-chat"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(chat_request(&url, &current).await.status, 200);
+    assert_eq!(chat_request(&url, &old).await.status, 200);
+    assert_eq!(chat_request(&url, &gone_current).await.status, 200);
     // A previous secret past its grace is no longer in the table at all.
-    assert_openai_error(
-        &post_json(&url, Some(&gone), chat("deepseek-chat")).await,
-        401,
-        "invalid_api_key",
-    );
+    assert_openai_error(&chat_request(&url, &gone).await, 401, "invalid_api_key");
 }
 
 #[tokio::test]
@@ -150,16 +126,11 @@ async fn ip_not_allowed_is_403() {
     .await;
     let url = s.gw.url("/v1/chat/completions");
     assert_openai_error(
-        &post_json(&url, Some(s.key("net")), chat("deepseek-chat")).await,
+        &chat_request(&url, s.key("net")).await,
         403,
         "ip_not_allowed",
     );
-    assert_eq!(
-        post_json(&url, Some(s.key("local")), chat("deepseek-chat"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(chat_request(&url, s.key("local")).await.status, 200);
     assert_eq!(s.mock.requests().len(), 1);
 }
 
@@ -242,12 +213,7 @@ async fn scope_and_model_restrictions_are_403_permission_denied() {
         403,
         "permission_denied",
     );
-    assert_eq!(
-        post_json(&chat_url, Some(s.key("pinned")), chat("deepseek-chat"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(chat_request(&chat_url, s.key("pinned")).await.status, 200);
     assert_eq!(s.mock.requests().len(), 1);
 }
 
@@ -367,12 +333,7 @@ async fn post_json_raw(s: &Setup, body: String) -> Answer {
 #[tokio::test]
 async fn upstream_unreachable_is_502_and_timeout_is_504() {
     let (gw, key) = Gw::with_dead_upstream().await;
-    let a = post_json(
-        &gw.url("/v1/chat/completions"),
-        Some(&key),
-        chat("deepseek-chat"),
-    )
-    .await;
+    let a = chat_request(&gw.url("/v1/chat/completions"), &key).await;
     assert_openai_error(&a, 502, "upstream_error");
 
     let s = Setup::new(&[("app", "scopes = [\"chat\"]")]).await;
@@ -416,12 +377,7 @@ async fn missing_upstream_key_is_502_and_nothing_is_sent() {
         None,
     )
     .await;
-    let a = post_json(
-        &gw.url("/v1/chat/completions"),
-        Some(&key),
-        chat("deepseek-chat"),
-    )
-    .await;
+    let a = chat_request(&gw.url("/v1/chat/completions"), &key).await;
     assert_openai_error(&a, 502, "upstream_error");
     assert!(mock.requests().is_empty());
 }
@@ -441,18 +397,9 @@ async fn environment_defaults_apply_to_keys_that_do_not_set_their_own() {
     let gw = Gw::start(&config_text(&mock.url(), "", &keys)).await;
     let url = gw.url("/v1/chat/completions");
     // Inherits both the chat scope and the IP rule, which refuses 127.0.0.1.
-    assert_openai_error(
-        &post_json(&url, Some(&inherits), chat("deepseek-chat")).await,
-        403,
-        "ip_not_allowed",
-    );
+    assert_openai_error(&chat_request(&url, &inherits).await, 403, "ip_not_allowed");
     // Its own (empty) allow-list wins over the environment's; the scope is still inherited.
-    assert_eq!(
-        post_json(&url, Some(&own), chat("deepseek-chat"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(chat_request(&url, &own).await.status, 200);
     assert_openai_error(
         &post_json(&url, Some(&own), chat("deepseek-coder")).await,
         403,

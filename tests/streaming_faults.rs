@@ -152,12 +152,7 @@ async fn every_request_is_settled_once_with_tokens_and_no_secrets() {
         .unwrap();
     let (_, _, end) = read_stream(req).await;
     assert!(end.is_ok());
-    let a = post_json(
-        &s.gw.url("/v1/chat/completions"),
-        Some(s.key("app")),
-        chat("deepseek-chat"),
-    )
-    .await;
+    let a = chat_request(&s.gw.url("/v1/chat/completions"), s.key("app")).await;
     let refused = post_json(
         &s.gw.url("/v1/chat/completions"),
         None,

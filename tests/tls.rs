@@ -13,8 +13,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-
 #[tokio::test]
 async fn the_gateway_terminates_tls_with_the_configured_certificate() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
@@ -32,7 +30,7 @@ async fn the_gateway_terminates_tls_with_the_configured_certificate() {
     .replace("KEYGATE_TEST_UNUSED", "KG_UPSTREAM");
     let path = dir.path().join("keygate.toml");
     std::fs::write(&path, text).unwrap();
-    let gw = Binary::serve(BIN, &path, &[("KG_UPSTREAM", UPSTREAM_KEY)]).await;
+    let gw = Binary::serve(&path, &[("KG_UPSTREAM", UPSTREAM_KEY)]).await;
 
     // A client that trusts exactly this certificate.
     let mut roots = rustls::RootCertStore::empty();

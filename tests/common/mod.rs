@@ -21,6 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 pub const UPSTREAM_KEY: &str = "sk-upstream-REAL-secret-0123456789";
+/// The binary under test.
+pub const KEYGATE_BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-7c1e";
 
 /// `[[models]]` shared by the tests.
@@ -323,6 +326,22 @@ pub async fn get(url: &str, key: Option<&TestKey>) -> Answer {
     send(b.body(Full::new(Bytes::new())).unwrap()).await
 }
 
+/// Runs `keygate <args> --config <config>` (without an admin token in its environment).
+pub fn run_keygate(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(KEYGATE_BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("KEYGATE_ADMIN_TOKEN")
+        .output()
+        .unwrap()
+}
+
+/// A chat completion for `deepseek-chat` with `key`.
+pub async fn chat_request(url: &str, key: &TestKey) -> Answer {
+    post_json(url, Some(key), chat("deepseek-chat")).await
+}
+
 pub fn chat(model: &str) -> serde_json::Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Say hello"}]})
 }
@@ -353,9 +372,9 @@ pub struct Binary {
 }
 
 impl Binary {
-    pub async fn serve(bin: &str, config: &std::path::Path, env: &[(&str, &str)]) -> Self {
+    pub async fn serve(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
         use tokio::io::AsyncBufReadExt;
-        let mut cmd = tokio::process::Command::new(bin);
+        let mut cmd = tokio::process::Command::new(KEYGATE_BIN);
         cmd.args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info");
