@@ -71,21 +71,17 @@ impl EventLog {
 
 /// The event type of a refusal reason, if it is a security event.
 pub fn kind_of_refusal(reason: &str) -> Option<&'static str> {
+    if crate::metrics::AUTH_REASONS.contains(&reason) {
+        return Some("unauthorized");
+    }
     Some(match reason {
-        "missing_key"
-        | "malformed_key"
-        | "bad_checksum"
-        | "unknown_key"
-        | "expired_key"
-        | "inactive_key"
-        | "ambiguous_credentials" => "unauthorized",
         "ip_not_allowed" => "ip_denied",
         "referrer_not_allowed" => "referrer_denied",
         "rate_limited_requests" | "rate_limited_tokens" | "rate_limited_concurrency" => {
             "rate_limited"
         }
         "budget_exceeded" => "budget_exceeded",
-        "blocked_client" => "suspicious_pattern",
+        // A blocked address's requests are not new events: its block was one.
         _ => return None,
     })
 }

@@ -71,6 +71,8 @@ pub struct Observation<'a> {
     pub status: u16,
     /// The refusal reason, when keygate refused.
     pub refusal: Option<&'static str>,
+    /// The security event type of that refusal, if it is one.
+    pub security_event: Option<&'static str>,
     pub usage: Usage,
     pub cost_micros: u64,
     pub total: Duration,
@@ -310,7 +312,6 @@ impl Metrics {
         if let Some(reason) = o.refusal {
             if AUTH_REASONS.contains(&reason) {
                 self.auth_failures.with_label_values(&[reason]).inc();
-                self.security_event("unauthorized");
             }
             let limit = match reason {
                 "rate_limited_requests" => Some("requests"),
@@ -321,17 +322,10 @@ impl Metrics {
             };
             if let Some(limit) = limit {
                 self.rate_limited.with_label_values(&[o.key, limit]).inc();
-                self.security_event(if limit == "spend" {
-                    "budget_exceeded"
-                } else {
-                    "rate_limited"
-                });
             }
-            match reason {
-                "ip_not_allowed" => self.security_event("ip_denied"),
-                "referrer_not_allowed" => self.security_event("referrer_denied"),
-                _ => {}
-            }
+        }
+        if let Some(kind) = o.security_event {
+            self.security_event(kind);
         }
         self.recent.record(o.status >= 500);
         let secs = |d: Duration| d.as_secs_f64();

@@ -143,6 +143,7 @@ impl Settlement {
             _ => None,
         };
         let upstream = ctx.upstream_started.map(|t| now.duration_since(t));
+        let security_event = refusal.and_then(crate::events::kind_of_refusal);
         let metrics = &self.metering.metrics;
         metrics.inflight.dec();
         metrics.observe(&Observation {
@@ -151,24 +152,22 @@ impl Settlement {
             endpoint: ctx.endpoint,
             status: self.status,
             refusal,
+            security_event,
             usage,
             cost_micros,
             total: latency,
             upstream,
             ttfb: ctx.upstream_first_byte,
         });
-        if let Some(kind) = refusal.and_then(crate::events::kind_of_refusal) {
-            // The blocked address's requests are one event (at the block), not one each.
-            if refusal != Some("blocked_client") {
-                self.metering.events.record(crate::events::Event {
-                    time: ctx.started_utc,
-                    kind,
-                    reason: refusal.unwrap_or(""),
-                    key_id: ctx.key_id.clone(),
-                    client_ip: ctx.client_ip,
-                    detail: None,
-                });
-            }
+        if let Some(kind) = security_event {
+            self.metering.events.record(crate::events::Event {
+                time: ctx.started_utc,
+                kind,
+                reason: refusal.unwrap_or(""),
+                key_id: ctx.key_id.clone(),
+                client_ip: ctx.client_ip,
+                detail: None,
+            });
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let reason = refusal.unwrap_or("");
