@@ -15,11 +15,8 @@ pub fn admit<B>(
     config: &Config,
     ctx: &mut RequestCtx,
 ) -> Result<(), Refusal> {
-    ctx.client_ip = Some(crate::access::client_ip::resolve(
-        peer,
-        req.headers(),
-        &config.server.trusted_proxies,
-    ));
+    ctx.client_ip =
+        crate::access::client_ip::resolve(peer, req.headers(), &config.server.trusted_proxies);
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > config.server.limits.max_uri_bytes {
         return Err(Refusal::UriTooLong);

@@ -13,7 +13,8 @@ pub struct RequestCtx {
     /// `req_` + 32 hex digits; sent upstream and back to the client.
     pub id: HeaderValue,
     pub started: Instant,
-    pub client_ip: Option<IpAddr>,
+    /// The socket peer until admit resolves the client behind trusted proxies.
+    pub client_ip: IpAddr,
     pub key_id: Option<Arc<str>>,
     /// The configured model (never a client string).
     pub model: Option<Arc<Model>>,
@@ -32,12 +33,12 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new(started_utc: SystemTime) -> Self {
+    pub fn new(started_utc: SystemTime, peer: IpAddr) -> Self {
         Self {
             id: new_request_id(),
             started: Instant::now(),
             started_utc,
-            client_ip: None,
+            client_ip: peer.to_canonical(),
             key_id: None,
             model: None,
             prompt_estimate: 0,

@@ -63,10 +63,7 @@ pub async fn send(
     parts.uri = upstream_uri(upstream, path, parts.uri.query())?;
     parts.version = Version::HTTP_11;
     parts.extensions = Extensions::new();
-    let client_ip = ctx
-        .client_ip
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-    crate::upstream::headers::to_upstream(&mut parts.headers, auth, client_ip, &ctx.id);
+    crate::upstream::headers::to_upstream(&mut parts.headers, auth, ctx.client_ip, &ctx.id);
     let request = http::Request::from_parts(parts, Full::new(body));
 
     let started = Instant::now();

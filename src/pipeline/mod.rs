@@ -48,7 +48,10 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let rt = gw.runtime();
     let metering = gw.metering.clone();
-    let mut settlement = Settlement::new(RequestCtx::new(metering.clock.now_utc()), metering);
+    let mut settlement = Settlement::new(
+        RequestCtx::new(metering.clock.now_utc(), peer.ip()),
+        metering,
+    );
     let response = match process(&gw, &rt, peer, req, &mut settlement).await {
         Ok(Answer::Stream(response)) => {
             settlement.set_status(response.status().as_u16());
@@ -104,7 +107,7 @@ async fn process(
     // The path is checked before the key so that a refusal for a bad path never depends on
     // whether the key is valid.
     route::check_canonical(req.uri().path()).map_err(|_| Refusal::NotCanonical)?;
-    let client_ip = ctx.client_ip.unwrap_or_else(|| peer.ip().to_canonical());
+    let client_ip = ctx.client_ip;
     let guard = &gw.metering.guard;
     if let Some(retry_after) = guard.blocked(client_ip) {
         return Err(Refusal::BlockedClient { retry_after });

@@ -165,7 +165,7 @@ impl Settlement {
                 kind,
                 reason: refusal.unwrap_or(""),
                 key_id: ctx.key_id.clone(),
-                client_ip: ctx.client_ip,
+                client_ip: Some(ctx.client_ip),
                 detail: None,
             });
         }
@@ -177,7 +177,7 @@ impl Settlement {
             key = ctx.key_id.as_deref().unwrap_or("-"),
             model = ctx.model.as_ref().map_or("-", |m| &*m.name),
             endpoint = ctx.endpoint,
-            client_ip = ?ctx.client_ip,
+            client_ip = %ctx.client_ip,
             stream = ctx.stream,
             status = self.status,
             outcome = outcome.label(),
