@@ -108,7 +108,7 @@ impl UsageScanner {
             } => feed_sse(
                 partial,
                 overflow,
-                &mut Seen {
+                &mut SseProgress {
                     usage,
                     content_chunks,
                 },
@@ -139,7 +139,7 @@ impl UsageScanner {
                     let line = std::mem::take(partial);
                     sse_line(
                         &line,
-                        &mut Seen {
+                        &mut SseProgress {
                             usage,
                             content_chunks,
                         },
@@ -165,13 +165,13 @@ impl UsageScanner {
     }
 }
 
-/// What an SSE line can tell.
-struct Seen<'a> {
+/// What the SSE lines so far have shown: usage, and how many carried content.
+struct SseProgress<'a> {
     usage: &'a mut Option<Usage>,
     content_chunks: &'a mut u64,
 }
 
-fn feed_sse(partial: &mut Vec<u8>, overflow: &mut bool, seen: &mut Seen<'_>, chunk: &[u8]) {
+fn feed_sse(partial: &mut Vec<u8>, overflow: &mut bool, seen: &mut SseProgress<'_>, chunk: &[u8]) {
     let mut rest = chunk;
     while let Some(nl) = memchr::memchr(b'\n', rest) {
         let (line, after) = rest.split_at(nl);
@@ -198,7 +198,7 @@ fn feed_sse(partial: &mut Vec<u8>, overflow: &mut bool, seen: &mut Seen<'_>, chu
     }
 }
 
-fn sse_line(line: &[u8], seen: &mut Seen<'_>) {
+fn sse_line(line: &[u8], seen: &mut SseProgress<'_>) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Some(data) = line.strip_prefix(b"data:") else {
         return;
