@@ -51,7 +51,7 @@ impl EventLog {
             event = event.kind,
             reason = event.reason,
             key = event.key_id.as_deref().unwrap_or("-"),
-            client_ip = ?event.client_ip,
+            client_ip = %event.client_ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
             detail = event.detail.as_deref().unwrap_or(""),
             "security event"
         );
