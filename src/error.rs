@@ -1,17 +1,46 @@
 //! Every refusal keygate answers with, mapped in one place to an HTTP status, an OpenAI-shaped
-//! error body and a bounded reason label. The matches are exhaustive: a new variant does not
-//! compile until it has a status, a code and a message.
+//! error body, retry advice and a bounded [`Reason`] label. The matches are exhaustive: a new
+//! variant does not compile until it has a status, a code, a message and a reason.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 use crate::access::Scope;
 use crate::auth::{AuthError, KeyFormatError};
-use crate::limits::RateHeaders;
+use crate::events::EventKind;
+use crate::limits::{BudgetShortfall, RateHeaders};
 use crate::pipeline::body::ResponseBody;
+use crate::usage::cost::format_usd;
+
+/// Which per-key limit refused a request (the `limit` label of `keygate_rate_limited_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Requests,
+    Tokens,
+    Concurrency,
+    Spend,
+}
+
+impl LimitKind {
+    pub const ALL: [LimitKind; 4] = [
+        LimitKind::Requests,
+        LimitKind::Tokens,
+        LimitKind::Concurrency,
+        LimitKind::Spend,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LimitKind::Requests => "requests",
+            LimitKind::Tokens => "tokens",
+            LimitKind::Concurrency => "concurrency",
+            LimitKind::Spend => "spend",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
@@ -23,6 +52,8 @@ pub enum Refusal {
     ScopeNotAllowed(Scope),
     ModelNotAllowed,
     ModelNotFound,
+    /// keygate cannot bound what the request would cost, and the key has a budget.
+    CostUnbounded(Cow<'static, str>),
     UnknownRoute,
     MethodNotAllowed,
     NotCanonical,
@@ -36,9 +67,15 @@ pub enum Refusal {
     /// The upstream refused keygate's own credentials: an operator problem, never shown.
     UpstreamAuth,
     UpstreamKeyMissing,
-    /// A per-key rate limit: `limit` is requests, tokens or concurrency.
+    /// The upstream answered 429, 402 or 5xx. Its body describes keygate's upstream account,
+    /// so the client gets keygate's own error instead (429 keeps `retry-after`).
+    UpstreamStatus {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    },
+    /// A per-key rate limit: requests, tokens or concurrency.
     RateLimited {
-        limit: &'static str,
+        limit: LimitKind,
         retry_after: Duration,
         headers: RateHeaders,
     },
@@ -46,15 +83,136 @@ pub enum Refusal {
     TooManyTokens {
         headers: RateHeaders,
     },
-    /// The key's monthly spending limit is reached; it resets with the next UTC month.
-    BudgetExceeded {
-        retry_after: Duration,
-    },
+    /// The request's worst-case cost does not fit what is left of the monthly budget.
+    BudgetExceeded(BudgetShortfall),
     /// The client address presented too many invalid keys and is cooling down.
-    BlockedClient {
-        retry_after: Duration,
-    },
+    BlockedClient,
+    /// Usage has not been written durably for longer than `storage.max_unflushed`, so a key
+    /// with a budget cannot be admitted.
+    LedgerUnavailable,
 }
+
+/// Why a request was refused: a bounded label for logs and metrics, finer than the error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    MissingKey,
+    MalformedKey,
+    BadChecksum,
+    UnknownKey,
+    ExpiredKey,
+    InactiveKey,
+    AmbiguousCredentials,
+    IpNotAllowed,
+    ReferrerNotAllowed,
+    ScopeNotAllowed,
+    ModelNotAllowed,
+    ModelNotFound,
+    CostUnbounded,
+    UnknownRoute,
+    MethodNotAllowed,
+    NonCanonicalPath,
+    InvalidRequest,
+    UriTooLong,
+    BodyTooLarge,
+    BodyTimeout,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    UpstreamAuth,
+    UpstreamKeyMissing,
+    UpstreamStatus,
+    RateLimitedRequests,
+    RateLimitedTokens,
+    RateLimitedConcurrency,
+    BudgetExceeded,
+    BlockedClient,
+    LedgerUnavailable,
+}
+
+impl Reason {
+    /// Reasons of a request refused before a key was authenticated.
+    pub const AUTH_FAILURES: [Reason; 7] = [
+        Reason::MissingKey,
+        Reason::MalformedKey,
+        Reason::BadChecksum,
+        Reason::UnknownKey,
+        Reason::ExpiredKey,
+        Reason::InactiveKey,
+        Reason::AmbiguousCredentials,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::MissingKey => "missing_key",
+            Reason::MalformedKey => "malformed_key",
+            Reason::BadChecksum => "bad_checksum",
+            Reason::UnknownKey => "unknown_key",
+            Reason::ExpiredKey => "expired_key",
+            Reason::InactiveKey => "inactive_key",
+            Reason::AmbiguousCredentials => "ambiguous_credentials",
+            Reason::IpNotAllowed => "ip_not_allowed",
+            Reason::ReferrerNotAllowed => "referrer_not_allowed",
+            Reason::ScopeNotAllowed => "scope_not_allowed",
+            Reason::ModelNotAllowed => "model_not_allowed",
+            Reason::ModelNotFound => "model_not_found",
+            Reason::CostUnbounded => "cost_unbounded",
+            Reason::UnknownRoute => "unknown_route",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::NonCanonicalPath => "non_canonical_path",
+            Reason::InvalidRequest => "invalid_request",
+            Reason::UriTooLong => "uri_too_long",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::BodyTimeout => "body_timeout",
+            Reason::UpstreamUnreachable => "upstream_unreachable",
+            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::UpstreamAuth => "upstream_auth",
+            Reason::UpstreamKeyMissing => "upstream_key_missing",
+            Reason::UpstreamStatus => "upstream_status",
+            Reason::RateLimitedRequests => "rate_limited_requests",
+            Reason::RateLimitedTokens => "rate_limited_tokens",
+            Reason::RateLimitedConcurrency => "rate_limited_concurrency",
+            Reason::BudgetExceeded => "budget_exceeded",
+            Reason::BlockedClient => "blocked_client",
+            Reason::LedgerUnavailable => "ledger_unavailable",
+        }
+    }
+
+    pub fn is_auth_failure(self) -> bool {
+        Self::AUTH_FAILURES.contains(&self)
+    }
+
+    /// The per-key limit behind a rate-limit or budget refusal.
+    pub fn limit(self) -> Option<LimitKind> {
+        match self {
+            Reason::RateLimitedRequests => Some(LimitKind::Requests),
+            Reason::RateLimitedTokens => Some(LimitKind::Tokens),
+            Reason::RateLimitedConcurrency => Some(LimitKind::Concurrency),
+            Reason::BudgetExceeded => Some(LimitKind::Spend),
+            _ => None,
+        }
+    }
+
+    /// The security event a refusal for this reason is, if it is one.
+    pub fn security_event(self) -> Option<EventKind> {
+        if self.is_auth_failure() {
+            return Some(EventKind::Unauthorized);
+        }
+        match self.limit() {
+            Some(LimitKind::Spend) => Some(EventKind::BudgetExceeded),
+            Some(_) => Some(EventKind::RateLimited),
+            None => match self {
+                Reason::IpNotAllowed => Some(EventKind::IpDenied),
+                Reason::ReferrerNotAllowed => Some(EventKind::ReferrerDenied),
+                // A blocked address's requests are not new events: its block was one.
+                _ => None,
+            },
+        }
+    }
+}
+
+static X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+
+/// The longest `retry-after` keygate sends: a client that may retry should not sleep longer.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl Refusal {
     pub fn status(&self) -> StatusCode {
@@ -66,7 +224,8 @@ impl Refusal {
             Refusal::IpNotAllowed
             | Refusal::ReferrerNotAllowed
             | Refusal::ScopeNotAllowed(_)
-            | Refusal::ModelNotAllowed => StatusCode::FORBIDDEN,
+            | Refusal::ModelNotAllowed
+            | Refusal::CostUnbounded(_) => StatusCode::FORBIDDEN,
             Refusal::ModelNotFound | Refusal::UnknownRoute => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -75,11 +234,19 @@ impl Refusal {
             Refusal::UpstreamUnreachable | Refusal::UpstreamAuth | Refusal::UpstreamKeyMissing => {
                 StatusCode::BAD_GATEWAY
             }
+            Refusal::UpstreamStatus { status, .. } => {
+                if *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                    *status
+                } else {
+                    StatusCode::BAD_GATEWAY
+                }
+            }
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::RateLimited { .. }
             | Refusal::TooManyTokens { .. }
-            | Refusal::BudgetExceeded { .. }
-            | Refusal::BlockedClient { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Refusal::BudgetExceeded(_)
+            | Refusal::BlockedClient => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -93,7 +260,9 @@ impl Refusal {
             Refusal::Auth(AuthError::Inactive) => "inactive_api_key",
             Refusal::IpNotAllowed => "ip_not_allowed",
             Refusal::ReferrerNotAllowed => "referrer_not_allowed",
-            Refusal::ScopeNotAllowed(_) | Refusal::ModelNotAllowed => "permission_denied",
+            Refusal::ScopeNotAllowed(_) | Refusal::ModelNotAllowed | Refusal::CostUnbounded(_) => {
+                "permission_denied"
+            }
             Refusal::ModelNotFound => "model_not_found",
             Refusal::UnknownRoute => "unknown_route",
             Refusal::MethodNotAllowed => "method_not_allowed",
@@ -106,49 +275,52 @@ impl Refusal {
             Refusal::UpstreamUnreachable
             | Refusal::UpstreamTimeout
             | Refusal::UpstreamAuth
-            | Refusal::UpstreamKeyMissing => "upstream_error",
+            | Refusal::UpstreamKeyMissing
+            | Refusal::UpstreamStatus { .. } => "upstream_error",
             Refusal::RateLimited { .. } | Refusal::TooManyTokens { .. } => "rate_limit_exceeded",
-            Refusal::BudgetExceeded { .. } => "budget_exceeded",
-            Refusal::BlockedClient { .. } => "rate_limit_exceeded",
+            Refusal::BudgetExceeded(_) => "budget_exceeded",
+            Refusal::BlockedClient => "rate_limit_exceeded",
+            Refusal::LedgerUnavailable => "ledger_unavailable",
         }
     }
 
-    /// A bounded label for logs and metrics: finer than `code` where that helps an operator.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Refusal::Auth(AuthError::Missing) => "missing_key",
-            Refusal::Auth(AuthError::Malformed(KeyFormatError::Malformed)) => "malformed_key",
-            Refusal::Auth(AuthError::Malformed(KeyFormatError::BadChecksum)) => "bad_checksum",
-            Refusal::Auth(AuthError::Unknown) => "unknown_key",
-            Refusal::Auth(AuthError::Expired) => "expired_key",
-            Refusal::Auth(AuthError::Inactive) => "inactive_key",
-            Refusal::AmbiguousCredentials => "ambiguous_credentials",
-            Refusal::IpNotAllowed => "ip_not_allowed",
-            Refusal::ReferrerNotAllowed => "referrer_not_allowed",
-            Refusal::ScopeNotAllowed(_) => "scope_not_allowed",
-            Refusal::ModelNotAllowed => "model_not_allowed",
-            Refusal::ModelNotFound => "model_not_found",
-            Refusal::UnknownRoute => "unknown_route",
-            Refusal::MethodNotAllowed => "method_not_allowed",
-            Refusal::NotCanonical => "non_canonical_path",
-            Refusal::InvalidRequest(_) => "invalid_request",
-            Refusal::UriTooLong => "uri_too_long",
-            Refusal::BodyTooLarge => "body_too_large",
-            Refusal::BodyTimeout => "body_timeout",
-            Refusal::UpstreamUnreachable => "upstream_unreachable",
-            Refusal::UpstreamTimeout => "upstream_timeout",
-            Refusal::UpstreamAuth => "upstream_auth",
-            Refusal::UpstreamKeyMissing => "upstream_key_missing",
-            Refusal::RateLimited {
-                limit: "requests", ..
-            } => "rate_limited_requests",
-            Refusal::RateLimited {
-                limit: "tokens", ..
-            }
-            | Refusal::TooManyTokens { .. } => "rate_limited_tokens",
-            Refusal::RateLimited { .. } => "rate_limited_concurrency",
-            Refusal::BudgetExceeded { .. } => "budget_exceeded",
-            Refusal::BlockedClient { .. } => "blocked_client",
+            Refusal::Auth(AuthError::Missing) => Reason::MissingKey,
+            Refusal::Auth(AuthError::Malformed(KeyFormatError::Malformed)) => Reason::MalformedKey,
+            Refusal::Auth(AuthError::Malformed(KeyFormatError::BadChecksum)) => Reason::BadChecksum,
+            Refusal::Auth(AuthError::Unknown) => Reason::UnknownKey,
+            Refusal::Auth(AuthError::Expired) => Reason::ExpiredKey,
+            Refusal::Auth(AuthError::Inactive) => Reason::InactiveKey,
+            Refusal::AmbiguousCredentials => Reason::AmbiguousCredentials,
+            Refusal::IpNotAllowed => Reason::IpNotAllowed,
+            Refusal::ReferrerNotAllowed => Reason::ReferrerNotAllowed,
+            Refusal::ScopeNotAllowed(_) => Reason::ScopeNotAllowed,
+            Refusal::ModelNotAllowed => Reason::ModelNotAllowed,
+            Refusal::ModelNotFound => Reason::ModelNotFound,
+            Refusal::CostUnbounded(_) => Reason::CostUnbounded,
+            Refusal::UnknownRoute => Reason::UnknownRoute,
+            Refusal::MethodNotAllowed => Reason::MethodNotAllowed,
+            Refusal::NotCanonical => Reason::NonCanonicalPath,
+            Refusal::InvalidRequest(_) => Reason::InvalidRequest,
+            Refusal::UriTooLong => Reason::UriTooLong,
+            Refusal::BodyTooLarge => Reason::BodyTooLarge,
+            Refusal::BodyTimeout => Reason::BodyTimeout,
+            Refusal::UpstreamUnreachable => Reason::UpstreamUnreachable,
+            Refusal::UpstreamTimeout => Reason::UpstreamTimeout,
+            Refusal::UpstreamAuth => Reason::UpstreamAuth,
+            Refusal::UpstreamKeyMissing => Reason::UpstreamKeyMissing,
+            Refusal::UpstreamStatus { .. } => Reason::UpstreamStatus,
+            Refusal::RateLimited { limit, .. } => match limit {
+                LimitKind::Requests => Reason::RateLimitedRequests,
+                LimitKind::Tokens => Reason::RateLimitedTokens,
+                LimitKind::Concurrency => Reason::RateLimitedConcurrency,
+                LimitKind::Spend => Reason::BudgetExceeded,
+            },
+            Refusal::TooManyTokens { .. } => Reason::RateLimitedTokens,
+            Refusal::BudgetExceeded(_) => Reason::BudgetExceeded,
+            Refusal::BlockedClient => Reason::BlockedClient,
+            Refusal::LedgerUnavailable => Reason::LedgerUnavailable,
         }
     }
 
@@ -194,12 +366,12 @@ impl Refusal {
             Refusal::ModelNotFound => {
                 "The model does not exist or is not available through this gateway."
             }
+            Refusal::CostUnbounded(msg) | Refusal::InvalidRequest(msg) => return msg.clone(),
             Refusal::UnknownRoute => "Unknown API route.",
             Refusal::MethodNotAllowed => "This API route does not accept this HTTP method.",
             Refusal::NotCanonical => {
                 "The request path is not canonical (no '.', '..', '//', trailing '/', ';' or percent-encoding)."
             }
-            Refusal::InvalidRequest(msg) => return msg.clone(),
             Refusal::UriTooLong => "The request URI is too long.",
             Refusal::BodyTooLarge => "The request body is too large.",
             Refusal::BodyTimeout => "The request body did not arrive in time.",
@@ -208,27 +380,60 @@ impl Refusal {
             Refusal::UpstreamAuth | Refusal::UpstreamKeyMissing => {
                 "The gateway could not authenticate to the upstream API. The operator has been alerted."
             }
-            Refusal::RateLimited {
-                limit: "requests", ..
-            } => {
-                "Rate limit reached for requests per minute on this API key. Retry after the time in 'retry-after'."
-            }
-            Refusal::RateLimited {
-                limit: "tokens", ..
-            } => {
-                "Rate limit reached for tokens per minute on this API key. Retry after the time in 'retry-after'."
-            }
-            Refusal::RateLimited { .. } => "Too many concurrent requests on this API key.",
+            Refusal::UpstreamStatus { status, .. } => match status.as_u16() {
+                429 => {
+                    "The upstream API is rate limiting this gateway. Retry after the time in 'retry-after'."
+                }
+                402 => {
+                    "The upstream API refused this gateway's account. The operator has been alerted."
+                }
+                _ => "The upstream API failed to answer this request.",
+            },
+            Refusal::RateLimited { limit, .. } => match limit {
+                LimitKind::Requests => {
+                    "Rate limit reached for requests per minute on this API key. Retry after the time in 'retry-after'."
+                }
+                LimitKind::Tokens => {
+                    "Rate limit reached for tokens per minute on this API key. Retry after the time in 'retry-after'."
+                }
+                LimitKind::Concurrency | LimitKind::Spend => {
+                    "Too many concurrent requests on this API key."
+                }
+            },
             Refusal::TooManyTokens { .. } => {
                 "This request alone needs more tokens than this API key may use per minute; lower max_tokens or the prompt size."
             }
-            Refusal::BlockedClient { .. } => {
-                "Too many invalid API keys from your address. Retry after the time in 'retry-after'."
+            Refusal::BlockedClient => {
+                "Too many invalid API keys from your address; requests from it are refused for a while."
             }
-            Refusal::BudgetExceeded { .. } => {
-                "This API key has reached its monthly spending limit. It resets at the start of the next month (UTC)."
+            Refusal::BudgetExceeded(b) => return budget_message(b).into(),
+            Refusal::LedgerUnavailable => {
+                "The gateway cannot record usage right now, so requests on keys with a spending limit are paused. Retry shortly."
             }
         })
+    }
+
+    /// Whether a retry of the same request can succeed; `false` is sent as
+    /// `x-should-retry: false`, which the OpenAI SDKs honour.
+    fn should_retry(&self) -> Option<bool> {
+        match self {
+            Refusal::BudgetExceeded(b) => Some(b.retryable()),
+            Refusal::TooManyTokens { .. } | Refusal::BlockedClient => Some(false),
+            Refusal::RateLimited { .. }
+            | Refusal::LedgerUnavailable
+            | Refusal::UpstreamStatus { .. } => Some(true),
+            _ => None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Refusal::RateLimited { retry_after, .. } => Some(*retry_after),
+            Refusal::UpstreamStatus { retry_after, .. } => *retry_after,
+            Refusal::BudgetExceeded(b) if b.retryable() => Some(Duration::from_secs(1)),
+            Refusal::LedgerUnavailable => Some(Duration::from_secs(5)),
+            _ => None,
+        }
     }
 
     /// The response a client sees. `request_id` lets the client quote the failure to an operator.
@@ -253,32 +458,54 @@ impl Refusal {
             Refusal::Auth(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Refusal::RateLimited {
-                retry_after,
-                headers: rate,
-                ..
-            } => {
+            Refusal::RateLimited { headers: rate, .. }
+            | Refusal::TooManyTokens { headers: rate } => {
                 crate::pipeline::limit::set_rate_headers(headers, rate);
-                headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after));
-            }
-            Refusal::TooManyTokens { headers: rate } => {
-                crate::pipeline::limit::set_rate_headers(headers, rate);
-                headers.insert(
-                    header::RETRY_AFTER,
-                    retry_after_secs(Duration::from_secs(60)),
-                );
-            }
-            Refusal::BudgetExceeded { retry_after } | Refusal::BlockedClient { retry_after } => {
-                headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after));
             }
             _ => {}
+        }
+        match self.should_retry() {
+            Some(false) => {
+                headers.insert(&X_SHOULD_RETRY, HeaderValue::from_static("false"));
+            }
+            Some(true) => {
+                headers.insert(&X_SHOULD_RETRY, HeaderValue::from_static("true"));
+                if let Some(after) = self.retry_after() {
+                    headers.insert(header::RETRY_AFTER, retry_after_secs(after));
+                }
+            }
+            None => {}
         }
         response
     }
 }
 
-/// Whole seconds, rounded up, at least 1.
+fn budget_message(b: &BudgetShortfall) -> String {
+    if b.spent >= b.budget {
+        return format!(
+            "This API key has reached its monthly spending limit of ${}. It resets at the start of the next month (UTC).",
+            format_usd(b.budget)
+        );
+    }
+    let numbers = format!(
+        "this request could cost up to ${} (its prompt estimate plus max_tokens times the outputs asked for), and ${} is left of this API key's ${} monthly spending limit",
+        format_usd(b.request),
+        format_usd(b.left()),
+        format_usd(b.budget)
+    );
+    if b.retryable() {
+        format!(
+            "Requests of this API key still in flight have reserved ${}: {numbers}. Retry when they finish, or lower max_tokens.",
+            format_usd(b.in_flight)
+        )
+    } else {
+        format!("Refused: {numbers}. Lower max_tokens (or n, or the prompt) and retry.")
+    }
+}
+
+/// Whole seconds, rounded up, at least 1 and at most [`MAX_RETRY_AFTER`].
 fn retry_after_secs(d: Duration) -> HeaderValue {
+    let d = d.min(MAX_RETRY_AFTER);
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     HeaderValue::from(secs.max(1))
 }

@@ -13,12 +13,46 @@ use serde_json::{Value, json};
 /// How many events are kept.
 const CAPACITY: usize = 1000;
 
+/// The kinds of security event (the `type` label of `keygate_security_events_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Unauthorized,
+    IpDenied,
+    ReferrerDenied,
+    RateLimited,
+    BudgetExceeded,
+    SuspiciousPattern,
+    AdminChange,
+}
+
+impl EventKind {
+    /// Every kind counted in `keygate_security_events_total` (admin changes are not threats).
+    pub const COUNTED: [EventKind; 6] = [
+        EventKind::Unauthorized,
+        EventKind::IpDenied,
+        EventKind::ReferrerDenied,
+        EventKind::RateLimited,
+        EventKind::BudgetExceeded,
+        EventKind::SuspiciousPattern,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            EventKind::Unauthorized => "unauthorized",
+            EventKind::IpDenied => "ip_denied",
+            EventKind::ReferrerDenied => "referrer_denied",
+            EventKind::RateLimited => "rate_limited",
+            EventKind::BudgetExceeded => "budget_exceeded",
+            EventKind::SuspiciousPattern => "suspicious_pattern",
+            EventKind::AdminChange => "admin_change",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Event {
     pub time: SystemTime,
-    /// `unauthorized`, `ip_denied`, `referrer_denied`, `rate_limited`, `budget_exceeded`,
-    /// `suspicious_pattern` or `admin_change`.
-    pub kind: &'static str,
+    pub kind: EventKind,
     /// The refusal reason or the admin action.
     pub reason: &'static str,
     pub key_id: Option<Arc<str>>,
@@ -30,7 +64,7 @@ impl Event {
     pub fn to_json(&self) -> Value {
         json!({
             "time": humantime::format_rfc3339_millis(self.time).to_string(),
-            "type": self.kind,
+            "type": self.kind.label(),
             "reason": self.reason,
             "key_id": self.key_id.as_deref(),
             "client_ip": self.client_ip.map(|ip| ip.to_string()),
@@ -48,7 +82,7 @@ impl EventLog {
     pub fn record(&self, event: Event) {
         tracing::warn!(
             target: "keygate::security",
-            event = event.kind,
+            event = event.kind.label(),
             reason = event.reason,
             key = event.key_id.as_deref().unwrap_or("-"),
             client_ip = %event.client_ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
@@ -67,21 +101,4 @@ impl EventLog {
         let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
         ring.iter().rev().take(limit).cloned().collect()
     }
-}
-
-/// The event type of a refusal reason, if it is a security event.
-pub fn kind_of_refusal(reason: &str) -> Option<&'static str> {
-    if crate::metrics::AUTH_REASONS.contains(&reason) {
-        return Some("unauthorized");
-    }
-    Some(match reason {
-        "ip_not_allowed" => "ip_denied",
-        "referrer_not_allowed" => "referrer_denied",
-        "rate_limited_requests" | "rate_limited_tokens" | "rate_limited_concurrency" => {
-            "rate_limited"
-        }
-        "budget_exceeded" => "budget_exceeded",
-        // A blocked address's requests are not new events: its block was one.
-        _ => return None,
-    })
 }

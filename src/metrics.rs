@@ -12,6 +12,8 @@ use prometheus::{
     IntGauge, Opts, Registry, TextEncoder,
 };
 
+use crate::error::Reason;
+use crate::events::EventKind;
 use crate::upstream::Usage;
 
 /// Metric names, as PRODUCT.md lists them.
@@ -36,27 +38,6 @@ pub mod names {
     pub const SECURITY_EVENTS: &str = "keygate_security_events_total";
 }
 
-/// Reasons `keygate_auth_failures_total` can carry (the refusal reasons of failed auth).
-pub const AUTH_REASONS: [&str; 7] = [
-    "missing_key",
-    "malformed_key",
-    "bad_checksum",
-    "unknown_key",
-    "expired_key",
-    "inactive_key",
-    "ambiguous_credentials",
-];
-
-/// Security event types for `keygate_security_events_total`.
-pub const SECURITY_EVENT_TYPES: [&str; 6] = [
-    "unauthorized",
-    "ip_denied",
-    "referrer_denied",
-    "rate_limited",
-    "budget_exceeded",
-    "suspicious_pattern",
-];
-
 /// From 100 µs (keygate's own overhead) to 10 minutes (long streams).
 const LATENCY_BUCKETS: [f64; 22] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -70,9 +51,9 @@ pub struct Observation<'a> {
     pub endpoint: &'static str,
     pub status: u16,
     /// The refusal reason, when keygate refused.
-    pub refusal: Option<&'static str>,
-    /// The security event type of that refusal, if it is one.
-    pub security_event: Option<&'static str>,
+    pub refusal: Option<Reason>,
+    /// The security event of that refusal, if it is one.
+    pub security_event: Option<EventKind>,
     pub usage: Usage,
     pub cost_micros: u64,
     pub total: Duration,
@@ -272,11 +253,11 @@ impl Metrics {
             },
             registry,
         };
-        for reason in AUTH_REASONS {
-            m.auth_failures.with_label_values(&[reason]);
+        for reason in Reason::AUTH_FAILURES {
+            m.auth_failures.with_label_values(&[reason.label()]);
         }
-        for kind in SECURITY_EVENT_TYPES {
-            m.security_events.with_label_values(&[kind]);
+        for kind in EventKind::COUNTED {
+            m.security_events.with_label_values(&[kind.label()]);
         }
         for result in ["success", "failure"] {
             m.config_reloads.with_label_values(&[result]);
@@ -290,7 +271,7 @@ impl Metrics {
         self.requests
             .with_label_values(&[o.key, o.model, o.endpoint, status_class(o.status)])
             .inc();
-        if !o.model.is_empty() && o.refusal.is_none() {
+        if !o.model.is_empty() {
             let u = &o.usage;
             for (kind, n) in [
                 ("prompt", u.prompt_tokens),
@@ -310,18 +291,15 @@ impl Metrics {
             }
         }
         if let Some(reason) = o.refusal {
-            if AUTH_REASONS.contains(&reason) {
-                self.auth_failures.with_label_values(&[reason]).inc();
+            if reason.is_auth_failure() {
+                self.auth_failures
+                    .with_label_values(&[reason.label()])
+                    .inc();
             }
-            let limit = match reason {
-                "rate_limited_requests" => Some("requests"),
-                "rate_limited_tokens" => Some("tokens"),
-                "rate_limited_concurrency" => Some("concurrency"),
-                "budget_exceeded" => Some("spend"),
-                _ => None,
-            };
-            if let Some(limit) = limit {
-                self.rate_limited.with_label_values(&[o.key, limit]).inc();
+            if let Some(limit) = reason.limit() {
+                self.rate_limited
+                    .with_label_values(&[o.key, limit.label()])
+                    .inc();
             }
         }
         if let Some(kind) = o.security_event {
@@ -348,8 +326,10 @@ impl Metrics {
         }
     }
 
-    pub fn security_event(&self, kind: &'static str) {
-        self.security_events.with_label_values(&[kind]).inc();
+    pub fn security_event(&self, kind: EventKind) {
+        self.security_events
+            .with_label_values(&[kind.label()])
+            .inc();
     }
 
     /// Brings the ledger's dropped-event count (kept by the recorder) into the counter.

@@ -196,10 +196,11 @@ async fn ambiguous_framing_is_refused() {
         200
     );
     let seen = &s.mock.requests()[0];
-    assert_eq!(seen.body, body.as_bytes());
+    let forwarded = with_cap(&body, 4096);
+    assert_eq!(seen.body, forwarded.as_bytes());
     assert_eq!(
         seen.headers["content-length"],
-        body.len().to_string().as_str()
+        forwarded.len().to_string().as_str()
     );
     assert!(!seen.headers.contains_key("transfer-encoding"));
 }
@@ -234,7 +235,8 @@ async fn transfer_encoding_with_content_length_cannot_smuggle_a_request() {
     let seen = s.mock.requests();
     assert!(
         seen.iter()
-            .all(|r| r.path_and_query == "/chat/completions" && r.body == body.as_bytes())
+            .all(|r| r.path_and_query == "/chat/completions"
+                && r.body == with_cap(&body, 4096).as_bytes())
     );
 }
 
@@ -328,7 +330,9 @@ async fn an_address_that_tries_many_invalid_keys_is_blocked_for_a_while() {
         (a.status.as_u16(), a.code()),
         (429, "rate_limit_exceeded".into())
     );
-    assert!(a.headers.contains_key("retry-after"));
+    // Retrying cannot help during the cool-down: the SDKs are told not to.
+    assert_eq!(a.headers["x-should-retry"], "false");
+    assert!(!a.headers.contains_key("retry-after"));
     let metrics = get(&s.gw.admin_url("/metrics"), None).await.text();
     assert_eq!(
         sample(

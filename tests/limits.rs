@@ -197,11 +197,9 @@ async fn a_concurrent_burst_cannot_spend_past_the_budget() {
             429 => {
                 assert_eq!(a.code(), "budget_exceeded");
                 let msg = a.json()["error"]["message"].as_str().unwrap().to_owned();
-                assert!(
-                    !msg.contains('$') && !msg.contains("0.01"),
-                    "must not leak the budget: {msg}"
-                );
-                assert!(a.headers.contains_key("retry-after"));
+                // The numbers a client can act on: what is left, what this request needs.
+                assert!(msg.contains("0.010000") && msg.contains("max_tokens"), "{msg}");
+                assert!(a.headers.contains_key("x-should-retry"));
                 refused += 1;
             }
             other => panic!("{other}"),

@@ -47,10 +47,8 @@ async fn chat_completion_is_forwarded_with_the_upstream_key_and_returned_unchang
                 .starts_with("req_")
         );
         let body = r.body.clone();
-        assert_eq!(
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
-            chat("deepseek-chat")
-        );
+        // The client set no cap, so keygate wrote the one it reserved into the body.
+        assert_eq!(body, with_cap(&chat("deepseek-chat").to_string(), 4096).as_bytes());
         assert!(!String::from_utf8_lossy(&body).contains(&key.secret));
         for (_, v) in r.headers.iter() {
             assert!(
@@ -64,7 +62,7 @@ async fn chat_completion_is_forwarded_with_the_upstream_key_and_returned_unchang
 #[tokio::test]
 async fn request_body_is_forwarded_byte_for_byte() {
     let s = Setup::new(&[("app", CHAT_KEY)]).await;
-    let raw_body = "{ \"model\" : \"deepseek-chat\",\n  \"messages\": [{\"role\":\"user\",\"content\":\"h\\u00e9\"}], \"temperature\": 0.7000 }";
+    let raw_body = "{ \"model\" : \"deepseek-chat\",\n  \"messages\": [{\"role\":\"user\",\"content\":\"h\\u00e9\"}], \"temperature\": 0.7000, \"max_tokens\" : 64 }";
     let req = Request::post(s.gw.url("/v1/chat/completions"))
         .header("authorization", s.key("app").bearer())
         .header("content-type", "application/json")
@@ -77,6 +75,29 @@ async fn request_body_is_forwarded_byte_for_byte() {
     assert_eq!(seen.body, raw_body.as_bytes());
     assert_eq!(seen.headers["x-custom-trace"], "abc");
     assert_eq!(seen.headers["accept-encoding"], "identity");
+}
+
+/// Without a cap, the only change is the cap keygate reserved, spliced in before the closing
+/// brace: the client's spacing, escapes and number formats stay as sent.
+#[tokio::test]
+async fn a_body_without_a_cap_gets_the_reserved_cap_and_nothing_else() {
+    let s = Setup::new(&[(
+        "app",
+        "scopes = [\"chat\"]\nlimits = { default_max_tokens = 300 }",
+    )])
+    .await;
+    let raw_body = "{ \"model\" : \"deepseek-chat\",\n  \"messages\": [{\"role\":\"user\",\"content\":\"h\\u00e9\"}], \"temperature\": 0.7000 }\n";
+    let req = Request::post(s.gw.url("/v1/chat/completions"))
+        .header("authorization", s.key("app").bearer())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(raw_body)))
+        .unwrap();
+    assert_eq!(send(req).await.status, 200);
+    let seen = &s.mock.requests()[0];
+    assert_eq!(
+        String::from_utf8_lossy(&seen.body),
+        "{ \"model\" : \"deepseek-chat\",\n  \"messages\": [{\"role\":\"user\",\"content\":\"h\\u00e9\"}], \"temperature\": 0.7000 ,\"max_tokens\":300}\n"
+    );
 }
 
 #[tokio::test]
@@ -197,18 +218,39 @@ models = ["deepseek-reasoner"]"#,
     }
 }
 
+/// 400, 404 and 422 concern the client's own request and pass through. 402, 429 and 5xx
+/// describe keygate's upstream account (its organisation, balance, usage): the client gets
+/// keygate's own error instead, and 429 keeps its `retry-after`.
 #[tokio::test]
-async fn upstream_errors_other_than_auth_are_relayed() {
+async fn upstream_error_bodies_pass_through_only_when_they_concern_the_client() {
     let s = Setup::new(&[("app", CHAT_KEY)]).await;
-    let req = Request::post(s.gw.url("/v1/chat/completions"))
-        .header("authorization", s.key("app").bearer())
-        .header("content-type", "application/json")
-        .header("x-mock-status", "429")
-        .body(Full::new(Bytes::from(chat("deepseek-chat").to_string())))
-        .unwrap();
-    let a = send(req).await;
-    assert_eq!(a.status, 429);
-    assert_eq!(a.json()["error"]["code"], "mock");
+    let call = |status: &'static str| {
+        let req = Request::post(s.gw.url("/v1/chat/completions"))
+            .header("authorization", s.key("app").bearer())
+            .header("content-type", "application/json")
+            .header("x-mock-status", status)
+            .body(Full::new(Bytes::from(chat("deepseek-chat").to_string())))
+            .unwrap();
+        send(req)
+    };
+    for status in ["400", "404", "422"] {
+        let a = call(status).await;
+        assert_eq!(a.status.as_str(), status);
+        assert_eq!(a.json()["error"]["code"], "mock", "{status} passes through");
+    }
+    for (status, expected) in [("402", 502), ("429", 429), ("500", 500), ("503", 503)] {
+        let a = call(status).await;
+        assert_eq!(a.status.as_u16(), expected, "{status}");
+        assert_eq!(a.code(), "upstream_error", "{status}");
+        assert!(!a.text().contains(UPSTREAM_SECRET_TEXT), "{status}: {}", a.text());
+        if status == "429" {
+            assert_eq!(a.headers["retry-after"], "7");
+        }
+    }
+    // None of these answers carried usage, so none of them is billed.
+    let rows = s.gw.ledger().daily(Some("app"), "2000-01-01").unwrap();
+    assert_eq!(rows.iter().map(|r| r.cost_micros).sum::<u64>(), 0);
+    assert_eq!(rows.iter().map(|r| r.requests).sum::<u64>(), 7);
 }
 
 #[tokio::test]

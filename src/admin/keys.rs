@@ -159,7 +159,7 @@ async fn change<T: Send + 'static>(
         crate::reload::reload(&gw, &reload_path);
         gw.metering.events.record(Event {
             time: SystemTime::now(),
-            kind: "admin_change",
+            kind: crate::events::EventKind::AdminChange,
             reason: action,
             key_id: Some(Arc::from(key_id(&result))),
             client_ip: None,

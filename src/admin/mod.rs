@@ -93,7 +93,7 @@ async fn admin_api(
         );
         gw.metering.events.record(crate::events::Event {
             time: std::time::SystemTime::now(),
-            kind: "unauthorized",
+            kind: crate::events::EventKind::Unauthorized,
             reason: "invalid_admin_token",
             key_id: None,
             client_ip: Some(client_ip),

@@ -74,6 +74,8 @@ pub struct RawModel {
     pub input_per_million: f64,
     pub cached_input_per_million: Option<f64>,
     pub output_per_million: f64,
+    /// A price per request (images, audio, fine-tuning jobs), in USD; per image for images.
+    pub per_request_usd: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -116,6 +116,9 @@ pub struct Model {
     pub name: Arc<str>,
     pub scope: Scope,
     pub price: Price,
+    /// Micro-dollars charged per request (per image on image routes), for routes whose
+    /// answers report no token usage; `None` when the model has no such price.
+    pub per_request_micros: Option<u64>,
 }
 
 /// The `[[models]]` table, in file order, with lookup by name.

@@ -74,14 +74,20 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             format!("{path}.output_per_million"),
             usd_micros(m.output_per_million),
         );
+        let per_request = match m.per_request_usd {
+            Some(v) => p
+                .take(format!("{path}.per_request_usd"), usd_micros(v))
+                .map(Some),
+            None => Some(None),
+        };
         if m.name.trim().is_empty() || m.name.trim() != m.name {
             p.add(
                 format!("{path}.name"),
                 "must be a non-empty name without surrounding spaces",
             );
         }
-        if let (Some(scope), Some(input), Some(cached_input), Some(output)) =
-            (scope, input, cached, output)
+        if let (Some(scope), Some(input), Some(cached_input), Some(output), Some(per_request)) =
+            (scope, input, cached, output, per_request)
         {
             let model = Model {
                 name: m.name.as_str().into(),
@@ -91,6 +97,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                     cached_input,
                     output,
                 },
+                per_request_micros: per_request,
             };
             if !models.insert(model) {
                 p.add(

@@ -79,11 +79,12 @@ impl TokenBucket {
     }
 
     /// Gives back (`delta > 0`) or additionally charges (`delta < 0`) tokens. A charge may put
-    /// the bucket into debt; a refund never fills it past capacity.
+    /// the bucket into debt, but never more than one window (one capacity) deep, whatever a
+    /// request reported; a refund never fills it past capacity.
     pub fn adjust(&mut self, delta: i64, now_ns: u64) {
         self.refill(now_ns);
         let full = i128::from(self.capacity) * UNITS_PER_TOKEN;
-        self.level = (self.level + i128::from(delta) * UNITS_PER_TOKEN).min(full);
+        self.level = (self.level + i128::from(delta) * UNITS_PER_TOKEN).clamp(-full, full);
     }
 
     /// Whole tokens available now (0 while in debt).
@@ -136,6 +137,17 @@ mod tests {
         b.adjust(10_000, 41 * SEC);
         assert_eq!(b.remaining(41 * SEC), 600);
         assert_eq!(b.check(601, 41 * SEC), Err(Shortfall::NeverFits));
+    }
+
+    #[test]
+    fn debt_is_never_deeper_than_one_window() {
+        let mut b = TokenBucket::new(600, 0);
+        b.adjust(i64::MIN, 0);
+        assert_eq!(
+            b.check(1, 0),
+            Err(Shortfall::Wait(Duration::from_millis(60_100)))
+        );
+        assert!(b.check(600, 120 * SEC).is_ok());
     }
 
     #[test]

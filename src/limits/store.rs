@@ -64,7 +64,31 @@ pub enum LimitRefusal {
         headers: RateHeaders,
     },
     Concurrency,
-    Budget,
+    Budget(BudgetShortfall),
+}
+
+/// The numbers behind a budget refusal, all in micro-dollars: what a client can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetShortfall {
+    pub budget: u64,
+    /// Settled spend of this month.
+    pub spent: u64,
+    /// Reserved by requests of this key still in flight.
+    pub in_flight: u64,
+    /// The most this request could cost (what it would reserve).
+    pub request: u64,
+}
+
+impl BudgetShortfall {
+    /// What is left of the budget once settled spend is counted.
+    pub fn left(&self) -> u64 {
+        self.budget.saturating_sub(self.spent)
+    }
+
+    /// Only reservations of requests in flight stand in the way: a retry can succeed soon.
+    pub fn retryable(&self) -> bool {
+        self.spent.saturating_add(self.request) <= self.budget
+    }
 }
 
 pub trait LimitStore: Send + Sync {
@@ -198,7 +222,12 @@ impl LimitStore for MemoryStore {
                 .saturating_add(req.cost_micros)
                 > budget
         {
-            refusal = Some(LimitRefusal::Budget);
+            refusal = Some(LimitRefusal::Budget(BudgetShortfall {
+                budget,
+                spent: c.spent,
+                in_flight: c.reserved,
+                request: req.cost_micros,
+            }));
         }
         if let Some(mut refusal) = refusal {
             let current = RateHeaders {
@@ -209,7 +238,7 @@ impl LimitStore for MemoryStore {
                 LimitRefusal::Requests { headers, .. }
                 | LimitRefusal::Tokens { headers, .. }
                 | LimitRefusal::TokensNeverFit { headers } => *headers = current,
-                LimitRefusal::Concurrency | LimitRefusal::Budget => {}
+                LimitRefusal::Concurrency | LimitRefusal::Budget(_) => {}
             }
             drop(c);
             release(&state);
@@ -373,12 +402,14 @@ mod tests {
         ));
         store.settle(a, 100, 0); // used far less than reserved: refund 500
         let b = store.admit(req(&key, &l, 800, 0)).unwrap();
-        store.settle(b, 2000, 0); // used far more: 100 - 800 + 800 - 2000 => debt of 1100
+        // Used far more: 900 - 800 - 1200 would be a debt of 1100, but a debt is never deeper
+        // than one window (1000).
+        store.settle(b, 2000, 0);
         let Err(LimitRefusal::Tokens { retry_after, .. }) = store.admit(req(&key, &l, 1, 0)) else {
             panic!()
         };
-        assert_eq!(retry_after, Duration::from_millis(66_060));
-        clock.advance(Duration::from_secs(67));
+        assert_eq!(retry_after, Duration::from_millis(60_060));
+        clock.advance(Duration::from_secs(61));
         assert!(store.admit(req(&key, &l, 1, 0)).is_ok());
         assert!(matches!(
             store.admit(req(&key, &l, 1001, 0)),
@@ -401,7 +432,12 @@ mod tests {
         assert!(store.admit(req(&key, &l, 0, 250_000)).is_ok());
         assert_eq!(
             store.admit(req(&key, &l, 0, 1)).unwrap_err(),
-            LimitRefusal::Budget
+            LimitRefusal::Budget(BudgetShortfall {
+                budget: 1_000_000,
+                spent: 750_000,
+                in_flight: 250_000,
+                request: 1
+            })
         );
     }
 

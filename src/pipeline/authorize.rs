@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use super::route::{Route, RouteKind};
+use super::route::Route;
 use crate::config::{KeyPolicy, Model, Models};
 use crate::error::Refusal;
 
@@ -29,20 +29,16 @@ pub fn authorize_source(
     }
 }
 
-/// Checks a model named by the client: configured (else 404), within the key's scopes (for
-/// chat and completions the model's scope is the request's scope) and its model list.
+/// Checks a model named by the client, on every route: configured (else 404), its scope
+/// granted to the key (for chat and completions the model's scope is the request's scope) and
+/// in the key's model list.
 pub fn authorize_model<'m>(
     key: &KeyPolicy,
     models: &'m Models,
-    route: &Route<'_>,
     name: &str,
 ) -> Result<&'m Arc<Model>, Refusal> {
     let model = models.get(name).ok_or(Refusal::ModelNotFound)?;
-    let model_sets_scope = matches!(
-        route.kind,
-        RouteKind::ChatCompletions | RouteKind::Completions
-    );
-    if model_sets_scope && !key.scopes.contains(model.scope) {
+    if !key.scopes.contains(model.scope) {
         return Err(Refusal::ScopeNotAllowed(model.scope));
     }
     let listed = key

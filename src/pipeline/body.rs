@@ -1,6 +1,10 @@
 //! Response bodies: a small buffered one for keygate's own answers, and [`Metered`], which
 //! passes the upstream's answer through frame by frame while it reads usage, watches for an
 //! idle upstream, and settles the request when the body ends, fails or is dropped.
+//!
+//! When the client leaves before a non-streamed answer is complete, the answer is not thrown
+//! away: a task keeps reading it (within the upstream timeouts) so the request is billed the
+//! usage the upstream reports, which it charges whether or not anyone reads it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
@@ -38,14 +43,14 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Metered(m) => Pin::new(&mut **m).poll_frame(cx),
+            ResponseBody::Metered(m) => m.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(bytes) => bytes.is_none(),
-            ResponseBody::Metered(m) => m.settlement.is_none(),
+            ResponseBody::Metered(m) => m.flow.is_none(),
         }
     }
 
@@ -53,8 +58,11 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
-            ResponseBody::Metered(m) if m.stripper.is_some() => SizeHint::default(),
-            ResponseBody::Metered(m) => m.inner.size_hint(),
+            ResponseBody::Metered(m) => match &m.flow {
+                Some(flow) if flow.stripper.is_none() => flow.inner.size_hint(),
+                Some(_) => SizeHint::default(),
+                None => SizeHint::with_exact(0),
+            },
         }
     }
 }
@@ -63,18 +71,67 @@ impl Body for ResponseBody {
 #[error("the upstream sent nothing for {0:?} in the middle of its answer")]
 pub struct IdleTimeout(Duration);
 
+/// How long an abandoned non-streamed answer is still read, to bill its real usage.
+#[derive(Debug, Clone, Copy)]
+pub struct Continuation {
+    /// The longest silence between two parts of the answer.
+    pub idle: Duration,
+    /// The longest the rest of the answer may take in all.
+    pub total: Duration,
+}
+
 /// The upstream's answer on its way to the client.
 pub struct Metered {
+    /// `Some` until the request is settled.
+    flow: Option<Flow>,
+}
+
+struct Flow {
     inner: Incoming,
     scanner: UsageScanner,
     /// Set when keygate asked for usage the client did not: takes it back out.
     stripper: Option<UsageStripper>,
-    /// `Some` until the request is settled.
-    settlement: Option<Settlement>,
+    settlement: Settlement,
     idle_timeout: Duration,
     last_frame: Instant,
     /// Armed lazily: re-armed only when it fires early, not on every frame.
     idle: Pin<Box<Sleep>>,
+    /// Set for answers worth reading to the end when the client leaves.
+    continuation: Option<Continuation>,
+}
+
+impl Flow {
+    fn finish(mut self, outcome: Outcome) {
+        let seen = Seen {
+            usage: self.scanner.finish(),
+            streamed_tokens: self.scanner.streamed_tokens(),
+        };
+        self.settlement.finish(outcome, seen);
+    }
+
+    /// Reads the rest of an answer nobody will receive, then settles it with the usage found
+    /// (or, failing that, as an abort, which bills the whole reservation).
+    async fn read_to_end(mut self, bounds: Continuation) {
+        let deadline = Instant::now() + bounds.total;
+        loop {
+            let wait = bounds
+                .idle
+                .min(deadline.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(wait, self.inner.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.scanner.feed(data);
+                    }
+                }
+                Ok(None) => break,
+                Ok(Some(Err(_))) | Err(_) => {
+                    tracing::warn!(target: "keygate::upstream", "could not read the rest of an answer after its client left; billing its reservation");
+                    break;
+                }
+            }
+        }
+        self.finish(Outcome::ClientAborted);
+    }
 }
 
 impl Metered {
@@ -84,51 +141,51 @@ impl Metered {
         stripper: Option<UsageStripper>,
         settlement: Settlement,
         idle_timeout: Duration,
+        continuation: Option<Continuation>,
     ) -> Self {
         let now = Instant::now();
         Self {
-            inner,
-            scanner,
-            stripper,
-            settlement: Some(settlement),
-            idle_timeout,
-            last_frame: now,
-            idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+            flow: Some(Flow {
+                inner,
+                scanner,
+                stripper,
+                settlement,
+                idle_timeout,
+                last_frame: now,
+                idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+                continuation,
+            }),
         }
     }
 
     fn settle(&mut self, outcome: Outcome) {
-        if let Some(s) = self.settlement.take() {
-            let seen = Seen {
-                usage: self.scanner.finish(),
-                content_chunks: self.scanner.content_chunks(),
-            };
-            s.finish(outcome, seen);
+        if let Some(flow) = self.flow.take() {
+            flow.finish(outcome);
         }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
-            if self.settlement.is_none() {
+            let Some(flow) = self.flow.as_mut() else {
                 return Poll::Ready(None);
-            }
-            match Pin::new(&mut self.inner).poll_frame(cx) {
+            };
+            match Pin::new(&mut flow.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    self.last_frame = Instant::now();
+                    flow.last_frame = Instant::now();
                     let data = match frame.into_data() {
                         Ok(data) => data,
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     };
-                    self.scanner.feed(&data);
-                    let mut data = match self.stripper.as_mut() {
+                    flow.scanner.feed(&data);
+                    let mut data = match flow.stripper.as_mut() {
                         Some(s) => s.process(&data),
                         None => data,
                     };
                     // With a Content-Length, hyper stops polling once that many bytes are out
                     // and drops the body: settle now, while this is known to be the whole answer.
-                    let ended = self.inner.is_end_stream();
+                    let ended = flow.inner.is_end_stream();
                     if ended {
-                        if let Some(rest) = self.stripper.as_mut().map(UsageStripper::finish) {
+                        if let Some(rest) = flow.stripper.as_mut().map(UsageStripper::finish) {
                             data = [data, rest].concat().into();
                         }
                         self.settle(Outcome::Completed);
@@ -147,7 +204,7 @@ impl Metered {
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 Poll::Ready(None) => {
-                    let rest = self
+                    let rest = flow
                         .stripper
                         .as_mut()
                         .map(UsageStripper::finish)
@@ -156,16 +213,17 @@ impl Metered {
                     return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
                 }
                 Poll::Pending => loop {
-                    if self.idle.as_mut().poll(cx).is_pending() {
+                    if flow.idle.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    let deadline = self.last_frame + self.idle_timeout;
+                    let deadline = flow.last_frame + flow.idle_timeout;
                     if Instant::now() >= deadline {
-                        tracing::warn!(target: "keygate::upstream", timeout = ?self.idle_timeout, "upstream stalled mid-answer");
+                        let timeout = flow.idle_timeout;
+                        tracing::warn!(target: "keygate::upstream", ?timeout, "upstream stalled mid-answer");
                         self.settle(Outcome::UpstreamIdle);
-                        return Poll::Ready(Some(Err(IdleTimeout(self.idle_timeout).into())));
+                        return Poll::Ready(Some(Err(IdleTimeout(timeout).into())));
                     }
-                    self.idle.as_mut().reset(deadline);
+                    flow.idle.as_mut().reset(deadline);
                 },
             }
         }
@@ -174,6 +232,15 @@ impl Metered {
 
 impl Drop for Metered {
     fn drop(&mut self) {
-        self.settle(Outcome::ClientAborted);
+        let Some(flow) = self.flow.take() else {
+            return;
+        };
+        // The client left before the answer ended.
+        match (flow.continuation, tokio::runtime::Handle::try_current()) {
+            (Some(bounds), Ok(runtime)) => {
+                runtime.spawn(flow.read_to_end(bounds));
+            }
+            _ => flow.finish(Outcome::ClientAborted),
+        }
     }
 }

@@ -9,6 +9,20 @@ use rand::RngCore;
 
 use crate::config::Model;
 
+/// What the request may use, decided from its body before it is forwarded: what the limit
+/// phase reserves, and what an answer that never reports its usage is billed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// Prompt tokens estimated from the body (every input counted).
+    pub prompt_tokens: u64,
+    /// The completion cap times the outputs asked for (`n`, `best_of`, prompts).
+    pub completion_tokens: u64,
+    /// The client set the cap itself (otherwise keygate wrote its own into the body).
+    pub client_cap: bool,
+    /// Charged per request (per image), from the model's `per_request_usd`.
+    pub per_request_micros: u64,
+}
+
 pub struct RequestCtx {
     /// `req_` + 32 hex digits; sent upstream and back to the client.
     pub id: HeaderValue,
@@ -18,8 +32,10 @@ pub struct RequestCtx {
     pub key_id: Option<Arc<str>>,
     /// The configured model (never a client string).
     pub model: Option<Arc<Model>>,
-    /// Prompt tokens estimated from the body, billed if the upstream never reports usage.
-    pub prompt_estimate: u64,
+    pub reserved: Reservation,
+    /// The route's answers report token usage (chat, completions, embeddings); no other
+    /// answer is ever read for usage.
+    pub reports_usage: bool,
     /// UTC start: the day and month the request counts in.
     pub started_utc: SystemTime,
     /// keygate added `include_usage` to a stream, so it must strip the usage back out.
@@ -28,6 +44,10 @@ pub struct RequestCtx {
     pub endpoint: &'static str,
     pub stream: bool,
     pub upstream_started: Option<Instant>,
+    /// The request was (or may have been) delivered to the upstream, which may charge for it.
+    pub reached_upstream: bool,
+    /// The status the upstream answered with.
+    pub upstream_status: Option<u16>,
     /// Time from sending upstream to its response head.
     pub upstream_first_byte: Option<Duration>,
 }
@@ -41,11 +61,14 @@ impl RequestCtx {
             client_ip: peer.to_canonical(),
             key_id: None,
             model: None,
-            prompt_estimate: 0,
+            reserved: Reservation::default(),
+            reports_usage: false,
             endpoint: "unmatched",
             stream: false,
             strip_usage: false,
             upstream_started: None,
+            reached_upstream: false,
+            upstream_status: None,
             upstream_first_byte: None,
         }
     }

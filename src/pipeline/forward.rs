@@ -1,7 +1,7 @@
 //! Forward: read the client's body (bounded in size and time), send the request upstream on
 //! the pooled client with keygate's credentials, and bound the wait for the answer's head.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -68,6 +68,8 @@ pub async fn send(
 
     let started = Instant::now();
     ctx.upstream_started = Some(started);
+    // From here the upstream may receive the request and charge for it.
+    ctx.reached_upstream = true;
     let result =
         tokio::time::timeout(upstream.first_byte_timeout, gw.client.request(request)).await;
     ctx.upstream_first_byte = Some(started.elapsed());
@@ -75,10 +77,13 @@ pub async fn send(
     match result {
         Ok(Ok(response)) => {
             up.set(1);
+            ctx.upstream_status = Some(response.status().as_u16());
             Ok(response)
         }
         Ok(Err(e)) => {
             if e.is_connect() {
+                // No connection, so the request never left keygate.
+                ctx.reached_upstream = false;
                 up.set(0);
             }
             tracing::warn!(target: "keygate::upstream", request_id = ctx.id.to_str().unwrap_or(""), error = %e, "upstream request failed");
@@ -89,6 +94,30 @@ pub async fn send(
             }
         }
         Err(_) => Err(Refusal::UpstreamTimeout),
+    }
+}
+
+/// keygate's own refusal for an upstream answer whose body must not reach the client: 401/403
+/// (the upstream refused keygate's key), 402, 429 and 5xx (their bodies describe keygate's
+/// upstream account). 429 keeps its `retry-after`. Other answers, 400, 404 and 422 among
+/// them, concern the client's own request and pass through.
+pub fn upstream_refusal<B>(response: &Response<B>) -> Option<Refusal> {
+    let status = response.status();
+    match status.as_u16() {
+        401 | 403 => Some(Refusal::UpstreamAuth),
+        402 | 429 | 500..=599 => {
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            Some(Refusal::UpstreamStatus {
+                status,
+                retry_after,
+            })
+        }
+        _ => None,
     }
 }
 

@@ -2,59 +2,38 @@
 //! Tokens: the prompt estimate plus the completion cap. Money: those tokens at the model's
 //! prices. The reservation is replaced by the real usage when the request settles.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::ctx::RequestCtx;
-use super::route::RouteKind;
 use crate::config::KeyPolicy;
-use crate::error::Refusal;
-use crate::limits::{Admission, AdmitRequest, LimitRefusal, RateHeaders, Window, estimate};
+use crate::error::{LimitKind, Refusal};
+use crate::limits::{Admission, AdmitRequest, LimitRefusal, RateHeaders, Window};
 use crate::state::Metering;
 use crate::usage::{calendar, cost};
 
-/// Reserves for one request. `max_tokens` is what the body asked for, if anything.
-pub fn limit(
-    metering: &Metering,
-    key: &KeyPolicy,
-    kind: RouteKind,
-    body_len: usize,
-    max_tokens: Option<u64>,
-    ctx: &mut RequestCtx,
-) -> Result<Admission, Refusal> {
+/// Reserves the request's [`Reservation`](super::ctx::Reservation) against the key's limits.
+pub fn limit(metering: &Metering, key: &KeyPolicy, ctx: &RequestCtx) -> Result<Admission, Refusal> {
     let month = calendar::month_index(ctx.started_utc);
-    let (tokens, cost_micros) = match &ctx.model {
-        Some(model) if kind.requires_model() => {
-            let prompt = estimate::prompt_tokens(body_len);
-            // What the completion may use: the request's own cap, else the key's default.
-            let cap = match kind {
-                RouteKind::Embeddings => 0,
-                _ => max_tokens.unwrap_or_else(|| {
-                    key.limits
-                        .default_max_tokens
-                        .map_or(estimate::DEFAULT_MAX_TOKENS, |n| u64::from(n.get()))
-                }),
-            };
-            // A request that names no cap must still fit a small tokens-per-minute limit:
-            // its token reservation is lowered (the rest is settled as debt), but its cost is
-            // always reserved at the full cap, so the budget bound holds.
-            let token_cap = match (max_tokens, key.limits.tokens_per_minute) {
-                (None, Some(tpm)) => cap.min(u64::from(tpm.get()).saturating_sub(prompt).max(1)),
-                _ => cap,
-            };
-            ctx.prompt_estimate = prompt;
-            (
-                prompt.saturating_add(token_cap),
-                cost::worst_case(&model.price, prompt, cap),
-            )
-        }
-        _ => (0, 0),
+    let r = &ctx.reserved;
+    let cost_micros = ctx.model.as_ref().map_or(0, |model| {
+        cost::worst_case(&model.price, r.prompt_tokens, r.completion_tokens)
+            .saturating_add(r.per_request_micros)
+    });
+    // A request that names no cap must still fit a small tokens-per-minute limit: its token
+    // reservation is lowered (the rest is settled as debt), but its cost is always reserved at
+    // the full cap, so the budget bound holds.
+    let completion = match (r.client_cap, key.limits.tokens_per_minute) {
+        (false, Some(tpm)) => r
+            .completion_tokens
+            .min(u64::from(tpm.get()).saturating_sub(r.prompt_tokens).max(1)),
+        _ => r.completion_tokens,
     };
     let request = AdmitRequest {
         key_id: &key.id,
         limits: &key.limits,
-        tokens,
+        tokens: r.prompt_tokens.saturating_add(completion),
         cost_micros,
         month,
     };
@@ -66,7 +45,7 @@ pub fn limit(
                 retry_after,
                 headers,
             } => Refusal::RateLimited {
-                limit: "requests",
+                limit: LimitKind::Requests,
                 retry_after,
                 headers,
             },
@@ -74,28 +53,18 @@ pub fn limit(
                 retry_after,
                 headers,
             } => Refusal::RateLimited {
-                limit: "tokens",
+                limit: LimitKind::Tokens,
                 retry_after,
                 headers,
             },
             LimitRefusal::TokensNeverFit { headers } => Refusal::TooManyTokens { headers },
             LimitRefusal::Concurrency => Refusal::RateLimited {
-                limit: "concurrency",
+                limit: LimitKind::Concurrency,
                 retry_after: Duration::from_secs(1),
                 headers: RateHeaders::default(),
             },
-            LimitRefusal::Budget => Refusal::BudgetExceeded {
-                retry_after: until_next_month(ctx.started_utc, month),
-            },
+            LimitRefusal::Budget(shortfall) => Refusal::BudgetExceeded(shortfall),
         })
-}
-
-fn until_next_month(now: SystemTime, month: u32) -> Duration {
-    let next = format!("{}-01T00:00:00Z", calendar::month_label(month + 1));
-    humantime::parse_rfc3339(&next)
-        .ok()
-        .and_then(|t| t.duration_since(now).ok())
-        .unwrap_or(Duration::from_secs(3600))
 }
 
 static NAMES: [[HeaderName; 3]; 2] = [

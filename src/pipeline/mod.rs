@@ -10,6 +10,7 @@ pub mod body;
 pub mod ctx;
 pub mod forward;
 pub mod limit;
+pub mod plan;
 pub mod request_json;
 pub mod route;
 pub mod settle;
@@ -22,12 +23,13 @@ use bytes::Bytes;
 use http::{Request, Response, header};
 use hyper::body::Incoming;
 
-use self::body::{Metered, ResponseBody};
+use self::body::{Continuation, Metered, ResponseBody};
 use self::ctx::RequestCtx;
 use self::route::{RouteError, RouteKind};
 use self::settle::{Outcome, Seen, Settlement};
 use crate::auth::AuthError;
 use crate::error::Refusal;
+use crate::events::EventKind;
 use crate::state::{Gateway, Runtime};
 use crate::upstream::UsageScanner;
 use crate::upstream::usage_strip::UsageStripper;
@@ -60,19 +62,38 @@ pub async fn handle(
             if let Some(admission) = &settlement.admission {
                 limit::set_rate_headers(&mut parts.headers, &admission.headers);
             }
-            let scanner = UsageScanner::for_content_type(
-                parts
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .map(|v| v.as_bytes()),
-            );
-            let idle = rt.config.upstream.idle_timeout;
-            let stripper = settlement.ctx.strip_usage.then(UsageStripper::default);
+            let ctx = &settlement.ctx;
+            // Usage is read only from answers of routes that report it.
+            let scanner = if ctx.reports_usage {
+                UsageScanner::for_content_type(
+                    parts
+                        .headers
+                        .get(header::CONTENT_TYPE)
+                        .map(|v| v.as_bytes()),
+                )
+            } else {
+                UsageScanner::None
+            };
+            let upstream = &rt.config.upstream;
+            // A non-streamed answer that reports usage is read to its end even if the client
+            // leaves, to bill what the upstream charges for it.
+            let continuation = (ctx.reports_usage && !ctx.stream).then_some(Continuation {
+                idle: upstream.idle_timeout,
+                total: upstream.first_byte_timeout,
+            });
+            let stripper = ctx.strip_usage.then(UsageStripper::default);
             if stripper.is_some() {
                 // The client gets fewer bytes than the upstream sent.
                 parts.headers.remove(header::CONTENT_LENGTH);
             }
-            let body = Metered::new(incoming, scanner, stripper, settlement, idle);
+            let body = Metered::new(
+                incoming,
+                scanner,
+                stripper,
+                settlement,
+                upstream.idle_timeout,
+                continuation,
+            );
             Response::from_parts(parts, ResponseBody::Metered(Box::new(body)))
         }
         Ok(Answer::Rebuilt(mut response)) => {
@@ -109,8 +130,8 @@ async fn process(
     route::check_canonical(req.uri().path()).map_err(|_| Refusal::NotCanonical)?;
     let client_ip = ctx.client_ip;
     let guard = &gw.metering.guard;
-    if let Some(retry_after) = guard.blocked(client_ip) {
-        return Err(Refusal::BlockedClient { retry_after });
+    if guard.blocked(client_ip).is_some() {
+        return Err(Refusal::BlockedClient);
     }
     let key = match authenticate::authenticate(req.headers(), &rt.keys, ctx.started_utc) {
         Ok(key) => key,
@@ -123,10 +144,12 @@ async fn process(
                     limits.invalid_key_cooldown,
                 );
                 if let Some(count) = tripped {
-                    gw.metering.metrics.security_event("suspicious_pattern");
+                    gw.metering
+                        .metrics
+                        .security_event(EventKind::SuspiciousPattern);
                     gw.metering.events.record(crate::events::Event {
                         time: ctx.started_utc,
-                        kind: "suspicious_pattern",
+                        kind: EventKind::SuspiciousPattern,
                         reason: "too_many_invalid_keys",
                         key_id: None,
                         client_ip: Some(client_ip),
@@ -156,24 +179,17 @@ async fn process(
     }
 
     let body = forward::read_body(body, &parts.headers, &config.server.limits).await?;
-    let plan = authorize_body(rt, key, &route, &parts.headers, &body, ctx)?;
-    let admission = limit::limit(
-        &gw.metering,
-        key,
-        route.kind,
-        body.len(),
-        plan.max_tokens,
-        ctx,
-    )?;
+    let rewritten = plan::plan(rt, key, &route, &parts.headers, &body, ctx)?;
+    let admission = limit::limit(&gw.metering, key, ctx)?;
     settlement.admission = Some(admission);
-    let body = plan.rewritten.map_or(body, Bytes::from);
+    let body = rewritten.map_or(body, Bytes::from);
 
     let path = route.path;
     let list_models = route.kind == RouteKind::ListModels;
-    let response = forward::send(gw, rt, parts, path, body, ctx).await?;
+    let response = forward::send(gw, rt, parts, path, body, &mut settlement.ctx).await?;
     let status = response.status();
-    if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
-        return Err(Refusal::UpstreamAuth);
+    if let Some(refusal) = forward::upstream_refusal(&response) {
+        return Err(refusal);
     }
     if list_models && status.is_success() {
         return forward::filter_model_list(
@@ -181,87 +197,12 @@ async fn process(
             key,
             &config.models,
             &config.upstream,
-            &ctx.id,
+            &settlement.ctx.id,
         )
         .await
         .map(Answer::Rebuilt);
     }
     Ok(Answer::Stream(response))
-}
-
-/// What the body decided about the rest of the request.
-#[derive(Default)]
-struct BodyPlan {
-    /// The completion cap the client asked for.
-    max_tokens: Option<u64>,
-    /// The body to forward instead, when keygate must ask a stream for its usage.
-    rewritten: Option<Vec<u8>>,
-}
-
-/// Reads model and stream flags from a JSON body and authorizes the model.
-fn authorize_body(
-    rt: &Runtime,
-    key: &crate::config::KeyPolicy,
-    route: &route::Route<'_>,
-    headers: &http::HeaderMap,
-    body: &Bytes,
-    ctx: &mut RequestCtx,
-) -> Result<BodyPlan, Refusal> {
-    let is_json = headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
-        let ct = ct.as_bytes().trim_ascii_start();
-        ct.len() >= 16 && ct[..16].eq_ignore_ascii_case(b"application/json")
-    });
-    let has_body = !body.is_empty();
-    if route.kind.requires_model() && !(is_json && has_body) {
-        return Err(Refusal::InvalidRequest(
-            "This route takes a JSON body naming a 'model', with 'Content-Type: application/json'."
-                .into(),
-        ));
-    }
-    if !has_body {
-        return Ok(BodyPlan::default());
-    }
-    if !is_json {
-        // keygate cannot read which model a multipart (or other) body asks for, so it could
-        // neither price it nor hold a key to its model list.
-        if route.kind.may_name_model() {
-            return Err(Refusal::InvalidRequest(
-                "keygate only forwards JSON bodies on routes that choose a model.".into(),
-            ));
-        }
-        return Ok(BodyPlan::default());
-    }
-    let fields = request_json::parse(body, rt.config.server.limits.max_json_depth)
-        .map_err(|e| Refusal::InvalidRequest(e.to_string().into()))?;
-    ctx.stream = fields.stream;
-    match fields.model.as_deref() {
-        Some(name) => {
-            let model = authorize::authorize_model(key, &rt.config.models, route, name)?;
-            ctx.model = Some(model.clone());
-        }
-        // Without a model the upstream would pick its default, which keygate cannot price.
-        None if route.kind.may_name_model() => {
-            return Err(Refusal::InvalidRequest(
-                "The request body must name a 'model'.".into(),
-            ));
-        }
-        None => {}
-    }
-    let mut plan = BodyPlan {
-        max_tokens: fields.max_tokens,
-        rewritten: None,
-    };
-    let streams_tokens = matches!(
-        route.kind,
-        RouteKind::ChatCompletions | RouteKind::Completions
-    );
-    if fields.stream && streams_tokens && fields.include_usage != Some(true) {
-        let rewritten = request_json::with_include_usage(body, &fields)
-            .map_err(|e| Refusal::InvalidRequest(e.to_string().into()))?;
-        plan.rewritten = Some(rewritten);
-        ctx.strip_usage = true;
-    }
-    Ok(plan)
 }
 
 fn log_refusal(refusal: &Refusal, ctx: &RequestCtx) {
@@ -276,6 +217,17 @@ fn log_refusal(refusal: &Refusal, ctx: &RequestCtx) {
             target: "keygate::upstream",
             request_id = id,
             "no upstream API key: the variable named by upstream.api_key_env is unset or empty"
+        ),
+        Refusal::UpstreamStatus { status, .. } if status.as_u16() == 402 => tracing::error!(
+            target: "keygate::upstream",
+            request_id = id,
+            "the upstream refused keygate's account (402 payment required): check its balance"
+        ),
+        Refusal::UpstreamStatus { status, .. } => tracing::warn!(
+            target: "keygate::upstream",
+            request_id = id,
+            status = status.as_u16(),
+            "the upstream answered with an error; the client got keygate's own error body"
         ),
         _ => {}
     }

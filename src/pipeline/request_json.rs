@@ -1,27 +1,71 @@
-//! Reads just enough of a JSON request body to authorize and meter it (model, stream,
-//! max_tokens, stream_options.include_usage). The body is forwarded unchanged, except that
-//! [`with_include_usage`] asks a stream for its usage when the client did not.
+//! Reads just enough of a JSON request body to authorize, price and meter it: the model, the
+//! stream flag, the completion cap (`max_tokens` / `max_completion_tokens`), how many outputs
+//! it asks for (`n`, `best_of`, the prompts of an array `prompt`), how many inputs it carries
+//! (prompt and embedding arrays, token-id arrays) and `stream_options.include_usage`, with the
+//! byte positions keygate needs to edit the body in place.
 //!
-//! Refused: bodies that are not a JSON object, nesting deeper than the configured limit, and
-//! duplicate keys at the top level or in `stream_options`, because two parsers that pick
-//! different duplicates would let a client authorize one model and use another.
+//! The body is forwarded as the client sent it, except for two edits spliced into its bytes
+//! (never a re-serialisation): `max_tokens` when the client set no cap, so the cap keygate
+//! reserved is the cap the upstream enforces, and `stream_options.include_usage` on streams,
+//! so every stream reports its usage.
+//!
+//! Refused: bodies that are not a JSON object, nesting deeper than the configured limit,
+//! duplicate keys at the top level or in `stream_options` (two parsers that pick different
+//! duplicates would let a client authorize one model and use another), and caps or counts
+//! that are not positive integers.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
-/// The fields keygate reads from a request body.
+/// The fields keygate reads from a request body, and where to edit it.
 #[derive(Debug, Default, PartialEq)]
 pub struct RequestFields<'a> {
     pub model: Option<Cow<'a, str>>,
     pub stream: bool,
+    /// The completion cap the client set (the larger of `max_tokens` and
+    /// `max_completion_tokens` when both are sent); always at least 1.
     pub max_tokens: Option<u64>,
+    /// `n`: completions per prompt (at least 1).
+    pub n: Option<u64>,
+    /// `best_of`: completions generated per prompt, of which `n` are returned.
+    pub best_of: Option<u64>,
+    /// What `prompt` or `input` carries: how many prompts, and how many token ids.
+    pub inputs: Inputs,
     pub include_usage: Option<bool>,
-    /// The body has a `stream_options` member (whatever its value).
-    pub has_stream_options: bool,
+    /// Where `stream_options` stands, if the body has it.
+    stream_options: Option<OptionsAt>,
+    /// Byte offset of the object's closing brace.
+    end: usize,
+    /// The object has at least one member.
+    has_members: bool,
+}
+
+/// What the `prompt` (completions) or `input` (embeddings) member holds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Inputs {
+    /// Separate prompts: a string is one, an array of strings or of token-id arrays is one
+    /// per element, a flat token-id array is one.
+    pub prompts: u64,
+    /// Token ids given directly (each is one token).
+    pub token_ids: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OptionsAt {
+    /// `stream_options` is an object: the offset of its `{`, whether it has members, and the
+    /// byte range of `include_usage`'s value if present.
+    Object {
+        open: usize,
+        has_members: bool,
+        include_usage: Option<(usize, usize)>,
+    },
+    /// `stream_options: null`: the byte range of the `null`.
+    Null(usize, usize),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -35,45 +79,85 @@ pub enum BodyError {
 pub fn parse(body: &[u8], max_depth: usize) -> Result<RequestFields<'_>, BodyError> {
     check_depth(body, max_depth)?;
     let mut de = serde_json::Deserializer::from_slice(body);
-    let fields = de
-        .deserialize_map(FieldsVisitor)
+    let mut fields = de
+        .deserialize_map(FieldsVisitor { body })
         .and_then(|f| de.end().map(|()| f))
         .map_err(|e| BodyError::Invalid(e.to_string()))?;
+    // A top-level object ends with `}` once trailing whitespace is gone.
+    fields.end = body.trim_ascii_end().len().saturating_sub(1);
     Ok(fields)
 }
 
-/// The body with `stream_options.include_usage` set to true, so a stream reports its usage.
-/// When the body has no `stream_options`, the member is appended before the closing brace and
-/// every other byte stays as the client sent it; otherwise the object is rewritten (member
-/// order is preserved).
-pub fn with_include_usage(body: &[u8], fields: &RequestFields<'_>) -> Result<Vec<u8>, BodyError> {
-    const MEMBER: &[u8] = b",\"stream_options\":{\"include_usage\":true}";
-    let trimmed = body.trim_ascii_end();
-    if !fields.has_stream_options
-        && let Some(head) = trimmed.strip_suffix(b"}")
-        && head.trim_ascii_end().len() > 1
-    {
-        let mut out = Vec::with_capacity(body.len() + MEMBER.len());
-        out.extend_from_slice(head);
-        out.extend_from_slice(MEMBER);
-        out.push(b'}');
-        return Ok(out);
-    }
-    let mut value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| BodyError::Invalid(e.to_string()))?;
-    let Some(object) = value.as_object_mut() else {
-        return Err(BodyError::Invalid("not an object".into()));
+/// The body with `"max_tokens": cap` added (when `cap` is given) and
+/// `stream_options.include_usage` set to true (when `include_usage`), or `None` when neither
+/// edit is asked for. Every other byte stays as the client sent it.
+pub fn rewrite(
+    body: &[u8],
+    fields: &RequestFields<'_>,
+    cap: Option<u64>,
+    include_usage: bool,
+) -> Option<Vec<u8>> {
+    // (offset, bytes removed from there, text inserted), in increasing offset order.
+    let mut edits: Vec<(usize, usize, Cow<'static, str>)> = Vec::with_capacity(2);
+    let mut tail = String::new();
+    let mut members = fields.has_members;
+    let mut member = |text: &str| {
+        if members {
+            tail.push(',');
+        }
+        tail.push_str(text);
+        members = true;
     };
-    let options = object
-        .entry("stream_options")
-        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-    if !options.is_object() {
-        *options = serde_json::Value::Object(serde_json::Map::new());
+    if include_usage {
+        match fields.stream_options {
+            None => member("\"stream_options\":{\"include_usage\":true}"),
+            Some(OptionsAt::Null(start, end)) => {
+                edits.push((start, end - start, "{\"include_usage\":true}".into()));
+            }
+            Some(OptionsAt::Object {
+                include_usage: Some((start, end)),
+                ..
+            }) => edits.push((start, end - start, "true".into())),
+            Some(OptionsAt::Object {
+                open,
+                has_members,
+                include_usage: None,
+            }) => {
+                let text = if has_members {
+                    "\"include_usage\":true,"
+                } else {
+                    "\"include_usage\":true"
+                };
+                edits.push((open + 1, 0, text.into()));
+            }
+        }
     }
-    if let Some(o) = options.as_object_mut() {
-        o.insert("include_usage".into(), serde_json::Value::Bool(true));
+    if let Some(cap) = cap {
+        member(&format!("\"max_tokens\":{cap}"));
     }
-    serde_json::to_vec(&value).map_err(|e| BodyError::Invalid(e.to_string()))
+    if !tail.is_empty() {
+        edits.push((fields.end, 0, tail.into()));
+    }
+    if edits.is_empty() {
+        return None;
+    }
+    let added: usize = edits.iter().map(|(_, _, t)| t.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + added);
+    let mut at = 0;
+    for (offset, removed, text) in &edits {
+        out.extend_from_slice(body.get(at..*offset)?);
+        out.extend_from_slice(text.as_bytes());
+        at = offset + removed;
+    }
+    out.extend_from_slice(body.get(at..)?);
+    Some(out)
+}
+
+/// The byte range of `raw` inside `body` (it always borrows from it).
+fn span(body: &[u8], raw: &str) -> Option<(usize, usize)> {
+    let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(raw.len())?;
+    (end <= body.len()).then_some((start, end))
 }
 
 /// One pass over the bytes counting `[`/`{` nesting outside strings.
@@ -165,9 +249,22 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
     }
 }
 
-struct FieldsVisitor;
+struct FieldsVisitor<'b> {
+    body: &'b [u8],
+}
 
-impl<'de> Visitor<'de> for FieldsVisitor {
+/// A positive integer (a cap or a count), or `null` for "not set".
+fn positive<E: de::Error>(raw: &RawValue, field: &str) -> Result<Option<u64>, E> {
+    match serde_json::from_str::<Option<u64>>(raw.get()) {
+        Ok(None) => Ok(None),
+        Ok(Some(n)) if n >= 1 => Ok(Some(n)),
+        _ => Err(E::custom(format_args!(
+            "'{field}' must be a positive integer"
+        ))),
+    }
+}
+
+impl<'de> Visitor<'de> for FieldsVisitor<'de> {
     type Value = RequestFields<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -178,60 +275,211 @@ impl<'de> Visitor<'de> for FieldsVisitor {
         let mut fields = RequestFields::default();
         let mut seen = SeenKeys::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            fields.has_members = true;
             if !seen.insert(&key) {
                 return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
             }
+            let value = map.next_value::<&'de RawValue>()?;
+            let json = |e: serde_json::Error| de::Error::custom(format_args!("'{key}': {e}"));
             match &*key {
-                "model" => fields.model = Some(map.next_value::<Key<'de>>()?.0),
-                "stream" => fields.stream = map.next_value::<Option<bool>>()?.unwrap_or(false),
+                "model" => {
+                    fields.model = Some(
+                        serde_json::from_str::<Key<'de>>(value.get())
+                            .map_err(json)?
+                            .0,
+                    )
+                }
+                "stream" => {
+                    fields.stream = serde_json::from_str::<Option<bool>>(value.get())
+                        .map_err(json)?
+                        .unwrap_or(false)
+                }
                 "max_tokens" | "max_completion_tokens" => {
-                    let v = map.next_value::<Option<u64>>()?;
                     // When both are sent, the larger bounds the completion.
-                    fields.max_tokens = fields.max_tokens.max(v);
+                    let cap = positive(value, &key)?;
+                    fields.max_tokens = fields.max_tokens.max(cap);
+                }
+                "n" => fields.n = positive(value, "n")?,
+                "best_of" => fields.best_of = positive(value, "best_of")?,
+                "prompt" | "input" => {
+                    fields.inputs = serde_json::from_str::<Inputs>(value.get()).map_err(json)?
                 }
                 "stream_options" => {
-                    fields.has_stream_options = true;
-                    fields.include_usage =
-                        map.next_value::<Option<StreamOptions>>()?.and_then(|o| o.0)
+                    let (options, include) = stream_options(self.body, value).map_err(json)?;
+                    fields.stream_options = Some(options);
+                    fields.include_usage = include;
                 }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                _ => {}
             }
         }
         Ok(fields)
     }
 }
 
-struct StreamOptions(Option<bool>);
+fn stream_options(
+    body: &[u8],
+    raw: &RawValue,
+) -> Result<(OptionsAt, Option<bool>), serde_json::Error> {
+    let bad = || <serde_json::Error as de::Error>::custom("not inside the body");
+    let (start, end) = span(body, raw.get()).ok_or_else(bad)?;
+    if raw.get() == "null" {
+        return Ok((OptionsAt::Null(start, end), None));
+    }
+    let inner: StreamOptions<'_> = serde_json::from_str(raw.get())?;
+    let include_usage = match inner.include_usage {
+        Some(value) => Some(span(body, value.get()).ok_or_else(bad)?),
+        None => None,
+    };
+    let include = match inner.include_usage {
+        Some(value) => serde_json::from_str::<Option<bool>>(value.get())?,
+        None => None,
+    };
+    Ok((
+        OptionsAt::Object {
+            open: start,
+            has_members: inner.has_members,
+            include_usage,
+        },
+        include,
+    ))
+}
 
-impl<'de> de::Deserialize<'de> for StreamOptions {
+/// `stream_options` as an object: whether it has members, and its `include_usage` value.
+struct StreamOptions<'a> {
+    has_members: bool,
+    include_usage: Option<&'a RawValue>,
+}
+
+impl<'de> de::Deserialize<'de> for StreamOptions<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = StreamOptions;
+            type Value = StreamOptions<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut seen = SeenKeys::new();
-                let mut include = None;
+                let mut options = StreamOptions {
+                    has_members: false,
+                    include_usage: None,
+                };
                 while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    options.has_members = true;
                     if !seen.insert(&key) {
                         return Err(de::Error::custom(format_args!(
                             "duplicate key {key:?} in stream_options"
                         )));
                     }
+                    let value = map.next_value::<&'de RawValue>()?;
                     if key == "include_usage" {
-                        include = map.next_value::<Option<bool>>()?;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
+                        options.include_usage = Some(value);
                     }
                 }
-                Ok(StreamOptions(include))
+                Ok(options)
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Inputs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Inputs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, an array of strings, or token ids")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Inputs, E> {
+                Ok(Inputs::default())
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Inputs, E> {
+                Ok(Inputs {
+                    prompts: 1,
+                    token_ids: 0,
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Inputs, A::Error> {
+                let mut inputs = Inputs::default();
+                let mut flat_ids = false;
+                while let Some(element) = seq.next_element::<Element>()? {
+                    match element {
+                        Element::Text => inputs.prompts += 1,
+                        Element::Id => {
+                            flat_ids = true;
+                            inputs.token_ids += 1;
+                        }
+                        Element::Ids(n) => {
+                            inputs.prompts += 1;
+                            inputs.token_ids += n;
+                        }
+                    }
+                }
+                inputs.prompts += u64::from(flat_ids);
+                Ok(inputs)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One element of a `prompt` / `input` array.
+enum Element {
+    Text,
+    Id,
+    /// A nested token-id array of this many ids.
+    Ids(u64),
+}
+
+impl<'de> de::Deserialize<'de> for Element {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Element;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, a token id or an array of token ids")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Element, E> {
+                Ok(Element::Text)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Element, E> {
+                Ok(Element::Id)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Element, E> {
+                Ok(Element::Id)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Element, A::Error> {
+                let mut n = 0u64;
+                while seq.next_element::<TokenId>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Element::Ids(n))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An integer token id inside a nested array.
+struct TokenId;
+
+impl<'de> de::Deserialize<'de> for TokenId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TokenId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a token id")
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<TokenId, E> {
+                Ok(TokenId)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<TokenId, E> {
+                Ok(TokenId)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -248,40 +496,119 @@ mod tests {
         assert!(f.stream);
         assert_eq!(f.max_tokens, Some(50));
         assert_eq!(f.include_usage, Some(true));
+        let f = parse(br#"{"input":"x"}"#, 128).unwrap();
         assert_eq!(
-            parse(br#"{"input":"x"}"#, 128).unwrap(),
-            RequestFields::default()
+            f.inputs,
+            Inputs {
+                prompts: 1,
+                token_ids: 0
+            }
         );
+        assert_eq!(f.model, None);
     }
 
     #[test]
-    fn include_usage_is_added_without_touching_other_bytes() {
-        let body = b"{ \"model\": \"m\", \"stream\": true }\n";
-        let f = parse(body, 128).unwrap();
-        let out = with_include_usage(body, &f).unwrap();
+    fn counts_outputs_and_inputs() {
+        let f = parse(
+            br#"{"n":128,"best_of":3,"max_completion_tokens":9,"max_tokens":7}"#,
+            128,
+        )
+        .unwrap();
         assert_eq!(
-            out,
-            b"{ \"model\": \"m\", \"stream\": true ,\"stream_options\":{\"include_usage\":true}}"
+            (f.n, f.best_of, f.max_tokens),
+            (Some(128), Some(3), Some(9))
         );
-        let body = br#"{"model":"m","stream_options":{"include_usage":false,"x":1},"stream":true}"#;
-        let f = parse(body, 128).unwrap();
-        let out = with_include_usage(body, &f).unwrap();
+        let inputs = |body: &[u8]| parse(body, 128).unwrap().inputs;
+        assert_eq!(inputs(br#"{"prompt":["a","b","c"]}"#).prompts, 3);
         assert_eq!(
-            out,
-            br#"{"model":"m","stream_options":{"include_usage":true,"x":1},"stream":true}"#
+            inputs(br#"{"prompt":[1,2,3,4]}"#),
+            Inputs {
+                prompts: 1,
+                token_ids: 4
+            }
         );
-        let body = br#"{"model":"m","stream_options":null}"#;
-        let out = with_include_usage(body, &parse(body, 128).unwrap()).unwrap();
         assert_eq!(
-            out,
-            br#"{"model":"m","stream_options":{"include_usage":true}}"#
+            inputs(br#"{"input":[[1,2],[3],[]]}"#),
+            Inputs {
+                prompts: 3,
+                token_ids: 3
+            }
         );
+        assert_eq!(inputs(br#"{"input":null}"#), Inputs::default());
+    }
+
+    #[test]
+    fn refuses_caps_and_counts_that_are_not_positive_integers() {
+        for body in [
+            r#"{"max_tokens":0}"#,
+            r#"{"max_tokens":-1}"#,
+            r#"{"max_completion_tokens":1.5}"#,
+            r#"{"max_tokens":"100"}"#,
+            r#"{"n":0}"#,
+            r#"{"best_of":-2}"#,
+            r#"{"prompt":{"a":1}}"#,
+            r#"{"prompt":[1.5]}"#,
+            r#"{"stream_options":5}"#,
+        ] {
+            let e = parse(body.as_bytes(), 128).unwrap_err();
+            assert!(matches!(e, BodyError::Invalid(_)), "{body}: {e:?}");
+        }
+        assert_eq!(
+            parse(br#"{"max_tokens":null}"#, 128).unwrap().max_tokens,
+            None
+        );
+    }
+
+    fn rewritten(body: &str, cap: Option<u64>, include_usage: bool) -> String {
+        let f = parse(body.as_bytes(), 128).unwrap();
+        let out = rewrite(body.as_bytes(), &f, cap, include_usage).unwrap();
+        // What keygate forwards is itself a valid body with the edits applied.
+        let again = parse(&out, 128).unwrap();
+        if let Some(cap) = cap {
+            assert_eq!(again.max_tokens, Some(cap));
+        }
+        if include_usage {
+            assert_eq!(again.include_usage, Some(true));
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn edits_are_spliced_without_touching_other_bytes() {
+        assert_eq!(
+            rewritten("{ \"model\": \"m\", \"stream\": true }\n", None, true),
+            "{ \"model\": \"m\", \"stream\": true ,\"stream_options\":{\"include_usage\":true}}\n"
+        );
+        assert_eq!(
+            rewritten(
+                r#"{"model":"m","stream_options":{"include_usage":false,"x":1},"stream":true}"#,
+                Some(4096),
+                true
+            ),
+            r#"{"model":"m","stream_options":{"include_usage":true,"x":1},"stream":true,"max_tokens":4096}"#
+        );
+        assert_eq!(
+            rewritten(r#"{"model":"m","stream_options":null}"#, None, true),
+            r#"{"model":"m","stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(
+            rewritten(r#"{"model":"m","stream_options":{ "x" : 1 }}"#, None, true),
+            r#"{"model":"m","stream_options":{"include_usage":true, "x" : 1 }}"#
+        );
+        assert_eq!(
+            rewritten(r#"{"model":"m","stream_options":{}}"#, Some(7), true),
+            r#"{"model":"m","stream_options":{"include_usage":true},"max_tokens":7}"#
+        );
+        assert_eq!(rewritten("{}", Some(7), false), r#"{"max_tokens":7}"#);
+        let f = parse(b"{\"model\":\"m\"}", 128).unwrap();
+        assert_eq!(rewrite(b"{\"model\":\"m\"}", &f, None, false), None);
     }
 
     #[test]
     fn refuses_duplicates_even_when_escaped() {
         assert!(parse(br#"{"model":"a","model":"b"}"#, 128).is_err());
         assert!(parse(br#"{"model":"a","mod\u0065l":"b"}"#, 128).is_err());
+        assert!(parse(br#"{"max_tokens":5,"max_tokens":4000}"#, 128).is_err());
         assert!(
             parse(
                 br#"{"stream_options":{"include_usage":true,"include_usage":false}}"#,

@@ -45,6 +45,25 @@ impl RouteKind {
             )
     }
 
+    /// Whether the route's answers report token usage: the only answers keygate reads usage
+    /// from (never file contents or other bodies).
+    pub fn reports_usage(self) -> bool {
+        self.requires_model()
+    }
+
+    /// Whether the route generates completion tokens, bounded by a `max_tokens` cap.
+    pub fn generates_tokens(self) -> bool {
+        matches!(self, RouteKind::ChatCompletions | RouteKind::Completions)
+    }
+
+    /// Whether a model named on this route is priced per request (`per_request_usd`).
+    pub fn priced_per_request(self) -> bool {
+        matches!(
+            self,
+            RouteKind::Images | RouteKind::Audio | RouteKind::FineTuning
+        )
+    }
+
     /// Whether the request body must be a JSON object naming a model.
     pub fn requires_model(self) -> bool {
         matches!(

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::ctx::RequestCtx;
+use crate::error::Reason;
 use crate::limits::Admission;
-use crate::limits::estimate;
 use crate::metrics::Observation;
 use crate::state::Metering;
 use crate::upstream::Usage;
@@ -20,8 +20,8 @@ use crate::usage::{UsageEvent, cost};
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Refused by keygate, with the refusal's reason label.
-    Refused(&'static str),
+    /// Refused by keygate, with the refusal's reason.
+    Refused(Reason),
     /// The upstream answered and the whole answer reached the client.
     Completed,
     /// The upstream failed mid-answer.
@@ -52,8 +52,8 @@ const CLIENT_CLOSED: u16 = 499;
 pub struct Seen {
     /// Usage the upstream reported, if it did.
     pub usage: Option<Usage>,
-    /// Streamed events that carried content.
-    pub content_chunks: u64,
+    /// Completion tokens seen streaming (at least one per text delta, per choice).
+    pub streamed_tokens: u64,
 }
 
 pub struct Settlement {
@@ -86,26 +86,38 @@ impl Settlement {
         self.record(outcome, seen);
     }
 
-    /// The tokens the request is billed for, and whether they are an estimate. Usage the
-    /// upstream reported wins. Without it, a request that reached the upstream and did not get
-    /// an error answer is billed its prompt estimate plus what was streamed.
-    fn billed(&self, outcome: Outcome, seen: Seen) -> (Usage, bool) {
+    /// What the request is billed: its usage, the per-request price it owes, and whether the
+    /// usage is an estimate. Usage the upstream reported wins. A request the upstream never
+    /// got, or answered with an error, costs nothing. Otherwise a request that ended without
+    /// usage is billed an estimate: for a stream, its prompt estimate plus what was seen
+    /// streaming; for any other answer, its whole reservation (the continuation in
+    /// [`super::body`] reads a non-streamed answer to its end first, so this is what is billed
+    /// only when that failed too).
+    fn billed(&self, outcome: Outcome, seen: Seen) -> (Usage, u64, bool) {
+        let ctx = &self.ctx;
+        let upstream_refused = ctx.upstream_status.is_some_and(|s| s >= 400);
+        if !ctx.reached_upstream || upstream_refused {
+            return (Usage::default(), 0, false);
+        }
+        let r = &ctx.reserved;
         if let Some(usage) = seen.usage {
-            return (usage, false);
+            return (usage, r.per_request_micros, false);
         }
-        let reached_upstream = self.ctx.upstream_started.is_some() && self.ctx.prompt_estimate > 0;
-        let upstream_refused = outcome == Outcome::Completed && self.status >= 400;
-        // A timeout after sending: the upstream may well have done (and charged) the work.
-        let refused_before_work = matches!(outcome, Outcome::Refused(r) if r != "upstream_timeout");
-        if !reached_upstream || upstream_refused || refused_before_work {
-            return (Usage::default(), false);
+        if outcome == Outcome::Completed && !ctx.reports_usage {
+            // Answers of per-request routes report no usage: their price is the request's.
+            return (Usage::default(), r.per_request_micros, false);
         }
-        let usage = Usage {
-            prompt_tokens: self.ctx.prompt_estimate,
-            cached_prompt_tokens: 0,
-            completion_tokens: estimate::streamed_completion_tokens(seen.content_chunks, 0),
+        let completion = if ctx.stream {
+            seen.streamed_tokens
+        } else {
+            r.completion_tokens
         };
-        (usage, true)
+        let usage = Usage {
+            prompt_tokens: r.prompt_tokens,
+            cached_prompt_tokens: 0,
+            completion_tokens: completion,
+        };
+        (usage, r.per_request_micros, true)
     }
 
     fn record(&mut self, outcome: Outcome, seen: Seen) {
@@ -113,12 +125,13 @@ impl Settlement {
             return;
         }
         self.done = true;
-        let (usage, estimated) = self.billed(outcome, seen);
+        let (usage, per_request, estimated) = self.billed(outcome, seen);
         let ctx = &self.ctx;
         let cost_micros = ctx
             .model
             .as_ref()
-            .map_or(0, |m| cost::of_usage(&m.price, &usage));
+            .map_or(0, |m| cost::of_usage(&m.price, &usage))
+            .saturating_add(per_request);
         if let Some(admission) = self.admission.take() {
             let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
             self.metering.limits.settle(admission, tokens, cost_micros);
@@ -143,7 +156,7 @@ impl Settlement {
             _ => None,
         };
         let upstream = ctx.upstream_started.map(|t| now.duration_since(t));
-        let security_event = refusal.and_then(crate::events::kind_of_refusal);
+        let security_event = refusal.and_then(Reason::security_event);
         let metrics = &self.metering.metrics;
         metrics.inflight.dec();
         metrics.observe(&Observation {
@@ -163,14 +176,14 @@ impl Settlement {
             self.metering.events.record(crate::events::Event {
                 time: ctx.started_utc,
                 kind,
-                reason: refusal.unwrap_or(""),
+                reason: refusal.map_or("", Reason::label),
                 key_id: ctx.key_id.clone(),
                 client_ip: Some(ctx.client_ip),
                 detail: None,
             });
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let reason = refusal.unwrap_or("");
+        let reason = refusal.map_or("", Reason::label);
         tracing::info!(
             target: "keygate::request",
             request_id = ctx.id.to_str().unwrap_or(""),

@@ -5,6 +5,8 @@
 //! tail (usage comes last in OpenAI and DeepSeek answers); a body that fits in the window is
 //! kept whole, so usage is found wherever it stands.
 
+use std::sync::LazyLock;
+
 use memchr::memmem;
 use serde::Deserialize;
 
@@ -34,16 +36,21 @@ struct PromptDetails {
     cached_tokens: Option<u64>,
 }
 
+/// The most tokens of one kind a single answer is believed to report. Real answers are many
+/// orders of magnitude below; the cap keeps any reported figure from overflowing a counter.
+pub const MAX_REPORTED_TOKENS: u64 = 1 << 40;
+
 impl From<RawUsage> for Usage {
     fn from(raw: RawUsage) -> Self {
         let cached = raw
             .prompt_cache_hit_tokens
             .or(raw.prompt_tokens_details.and_then(|d| d.cached_tokens))
             .unwrap_or(0);
+        let prompt = raw.prompt_tokens.min(MAX_REPORTED_TOKENS);
         Usage {
-            prompt_tokens: raw.prompt_tokens,
-            cached_prompt_tokens: cached.min(raw.prompt_tokens),
-            completion_tokens: raw.completion_tokens,
+            prompt_tokens: prompt,
+            cached_prompt_tokens: cached.min(prompt),
+            completion_tokens: raw.completion_tokens.min(MAX_REPORTED_TOKENS),
         }
     }
 }
@@ -65,7 +72,7 @@ pub enum UsageScanner {
         partial: Vec<u8>,
         overflow: bool,
         usage: Option<Usage>,
-        content_chunks: u64,
+        streamed_tokens: u64,
     },
     Json {
         prev: Vec<u8>,
@@ -86,7 +93,7 @@ impl UsageScanner {
                 partial: Vec::new(),
                 overflow: false,
                 usage: None,
-                content_chunks: 0,
+                streamed_tokens: 0,
             }
         } else if starts(b"application/json") {
             UsageScanner::Json {
@@ -104,13 +111,13 @@ impl UsageScanner {
                 partial,
                 overflow,
                 usage,
-                content_chunks,
+                streamed_tokens,
             } => feed_sse(
                 partial,
                 overflow,
                 &mut SseProgress {
                     usage,
-                    content_chunks,
+                    streamed_tokens,
                 },
                 chunk,
             ),
@@ -133,7 +140,7 @@ impl UsageScanner {
                 partial,
                 overflow,
                 usage,
-                content_chunks,
+                streamed_tokens,
             } => {
                 if !partial.is_empty() && !*overflow {
                     let line = std::mem::take(partial);
@@ -141,7 +148,7 @@ impl UsageScanner {
                         &line,
                         &mut SseProgress {
                             usage,
-                            content_chunks,
+                            streamed_tokens,
                         },
                     );
                 }
@@ -156,19 +163,22 @@ impl UsageScanner {
         }
     }
 
-    /// Streamed events that carried content (each is about one completion token).
-    pub fn content_chunks(&self) -> u64 {
+    /// Completion tokens seen streaming: at least one per delta that carried text of any kind
+    /// (content, reasoning, tool-call arguments, refusal), per choice.
+    pub fn streamed_tokens(&self) -> u64 {
         match self {
-            UsageScanner::Sse { content_chunks, .. } => *content_chunks,
+            UsageScanner::Sse {
+                streamed_tokens, ..
+            } => *streamed_tokens,
             _ => 0,
         }
     }
 }
 
-/// What the SSE lines so far have shown: usage, and how many carried content.
+/// What the SSE lines so far have shown: usage, and the completion tokens streamed.
 struct SseProgress<'a> {
     usage: &'a mut Option<Usage>,
-    content_chunks: &'a mut u64,
+    streamed_tokens: &'a mut u64,
 }
 
 fn feed_sse(partial: &mut Vec<u8>, overflow: &mut bool, seen: &mut SseProgress<'_>, chunk: &[u8]) {
@@ -198,20 +208,65 @@ fn feed_sse(partial: &mut Vec<u8>, overflow: &mut bool, seen: &mut SseProgress<'
     }
 }
 
+/// Delta members that carry generated text; each non-empty one is at least one token.
+static TEXT_FIELDS: LazyLock<[memmem::Finder<'static>; 4]> = LazyLock::new(|| {
+    [
+        memmem::Finder::new(b"\"content\":"),
+        memmem::Finder::new(b"\"reasoning_content\":"),
+        memmem::Finder::new(b"\"arguments\":"),
+        memmem::Finder::new(b"\"refusal\":"),
+    ]
+});
+static USAGE_FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(USAGE_KEY));
+
 fn sse_line(line: &[u8], seen: &mut SseProgress<'_>) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Some(data) = line.strip_prefix(b"data:") else {
         return;
     };
-    if memmem::find(data, b"\"content\":\"").is_some() {
-        *seen.content_chunks += 1;
-    }
-    if memmem::find(data, USAGE_KEY).is_none() {
+    *seen.streamed_tokens = seen
+        .streamed_tokens
+        .saturating_add(streamed_text_tokens(data));
+    if USAGE_FINDER.find(data).is_none() {
         return;
     }
     if let Ok(Chunk { usage: Some(raw) }) = serde_json::from_slice::<Chunk>(data) {
         *seen.usage = Some(raw.into());
     }
+}
+
+/// Tokens of generated text in one event: for every text member with a non-empty string
+/// value, its length at four bytes per token, and at least one. Inside JSON strings quotes are
+/// escaped, so an unescaped `"content":` can only be a member name.
+fn streamed_text_tokens(data: &[u8]) -> u64 {
+    let mut tokens = 0u64;
+    for finder in TEXT_FIELDS.iter() {
+        for at in finder.find_iter(data) {
+            let value = data[at + finder.needle().len()..].trim_ascii_start();
+            if let Some(text) = value.strip_prefix(b"\"") {
+                let len = string_len(text);
+                if len > 0 {
+                    tokens = tokens.saturating_add(len.div_ceil(4).max(1) as u64);
+                }
+            }
+        }
+    }
+    tokens
+}
+
+/// Bytes of a JSON string's raw text, up to its closing (unescaped) quote.
+fn string_len(text: &[u8]) -> usize {
+    let mut escaped = false;
+    for (i, &b) in text.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            b'"' => return i,
+            _ => {}
+        }
+    }
+    text.len()
 }
 
 /// Finds the last `"usage": {...}` in a JSON body (or its tail). Inside JSON strings a quote is

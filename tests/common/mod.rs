@@ -342,6 +342,13 @@ pub async fn chat_request(url: &str, key: &TestKey) -> Answer {
     post_json(url, Some(key), chat("deepseek-chat")).await
 }
 
+/// What keygate forwards for a JSON body that sets no completion cap: the client's bytes with
+/// `"max_tokens": cap` spliced in before the closing brace.
+pub fn with_cap(body: &str, cap: u64) -> String {
+    let body = body.trim_end();
+    format!("{},\"max_tokens\":{cap}}}", &body[..body.len() - 1])
+}
+
 pub fn chat(model: &str) -> serde_json::Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Say hello"}]})
 }

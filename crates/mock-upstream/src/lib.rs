@@ -190,7 +190,12 @@ async fn answer(
         header_num(h, "x-mock-status").and_then(|s| StatusCode::from_u16(s as u16).ok())
     {
         let err = json!({"error": {"message": format!("mock failure: {UPSTREAM_SECRET_TEXT}"), "type": "mock", "code": "mock"}});
-        return Ok(json_response(status, &err));
+        let mut r = json_response(status, &err);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("7"));
+        }
+        return Ok(r);
     }
     let path = path.strip_prefix("/v1").unwrap_or(&path);
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);

@@ -1,0 +1,150 @@
+//! Plan: what a JSON body asks for becomes what is authorized, reserved and forwarded.
+//!
+//! The body names the model (authorized against the key's scopes and model list on every
+//! route), the completion cap and how many outputs it wants. From these the plan derives the
+//! [`Reservation`]: the prompt estimate over every input, the cap times the outputs, and the
+//! per-request price of routes priced per request. A request whose cost cannot be bounded
+//! before forwarding is refused for a key with a monthly budget. When the client set no cap,
+//! the cap reserved is written into the forwarded body, so the cap reserved is the cap the
+//! upstream enforces.
+
+use bytes::Bytes;
+use http::{HeaderMap, header};
+
+use super::authorize;
+use super::ctx::{RequestCtx, Reservation};
+use super::request_json::{self, RequestFields};
+use super::route::{Route, RouteKind};
+use crate::config::{KeyPolicy, Model};
+use crate::error::Refusal;
+use crate::limits::estimate;
+use crate::state::Runtime;
+use crate::upstream::usage::MAX_REPORTED_TOKENS;
+
+/// Reads the body, authorizes its model, and decides the reservation and the body to forward.
+/// Returns the body to forward instead of the client's, when keygate edited it.
+pub fn plan(
+    rt: &Runtime,
+    key: &KeyPolicy,
+    route: &Route<'_>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    ctx: &mut RequestCtx,
+) -> Result<Option<Vec<u8>>, Refusal> {
+    ctx.reports_usage = route.kind.reports_usage();
+    let is_json = headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
+        let ct = ct.as_bytes().trim_ascii_start();
+        ct.len() >= 16 && ct[..16].eq_ignore_ascii_case(b"application/json")
+    });
+    let has_body = !body.is_empty();
+    if route.kind.requires_model() && !(is_json && has_body) {
+        return Err(Refusal::InvalidRequest(
+            "This route takes a JSON body naming a 'model', with 'Content-Type: application/json'."
+                .into(),
+        ));
+    }
+    if !has_body {
+        return Ok(None);
+    }
+    if !is_json {
+        // keygate cannot read which model a multipart (or other) body asks for, so it could
+        // neither price it nor hold a key to its model list.
+        if route.kind.may_name_model() {
+            return Err(Refusal::InvalidRequest(
+                "keygate only forwards JSON bodies on routes that choose a model.".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let fields = request_json::parse(body, rt.config.server.limits.max_json_depth)
+        .map_err(|e| Refusal::InvalidRequest(e.to_string().into()))?;
+    ctx.stream = fields.stream;
+    let model = match fields.model.as_deref() {
+        Some(name) => authorize::authorize_model(key, &rt.config.models, name)?.clone(),
+        // Without a model the upstream would pick its default, which keygate cannot price.
+        None if route.kind.may_name_model() => {
+            return Err(Refusal::InvalidRequest(
+                "The request body must name a 'model'.".into(),
+            ));
+        }
+        None => return Ok(None),
+    };
+    let reservation = reserve(key, route.kind, &fields, body.len(), &model)?;
+    ctx.reserved = reservation;
+    ctx.model = Some(model);
+
+    let generates_tokens = route.kind.generates_tokens();
+    let insert_cap = (generates_tokens && !reservation.client_cap)
+        .then(|| cap(key, &fields))
+        .flatten();
+    let ask_usage = fields.stream && generates_tokens && fields.include_usage != Some(true);
+    ctx.strip_usage = ask_usage;
+    Ok(request_json::rewrite(body, &fields, insert_cap, ask_usage))
+}
+
+/// The completion cap a request runs with: its own, else the key's `default_max_tokens`.
+/// `None` only for a request that set its own.
+fn cap(key: &KeyPolicy, fields: &RequestFields<'_>) -> Option<u64> {
+    match fields.max_tokens {
+        Some(_) => None,
+        None => Some(
+            key.limits
+                .default_max_tokens
+                .map_or(estimate::DEFAULT_MAX_TOKENS, |n| u64::from(n.get())),
+        ),
+    }
+}
+
+fn reserve(
+    key: &KeyPolicy,
+    kind: RouteKind,
+    fields: &RequestFields<'_>,
+    body_len: usize,
+    model: &Model,
+) -> Result<Reservation, Refusal> {
+    // Every output the request asks for: `n` (or `best_of`, which generates that many) per
+    // prompt, and one prompt unless an array `prompt` names several.
+    let per_prompt = fields.n.unwrap_or(1).max(fields.best_of.unwrap_or(1));
+    let prompts = match kind {
+        RouteKind::Completions => fields.inputs.prompts.max(1),
+        _ => 1,
+    };
+    let outputs = per_prompt.saturating_mul(prompts);
+    // Only answers that report usage are billed by token; the others by request.
+    let prompt_tokens = if kind.reports_usage() {
+        estimate::prompt_tokens(body_len)
+            .saturating_add(fields.inputs.token_ids)
+            .min(MAX_REPORTED_TOKENS)
+    } else {
+        0
+    };
+    let mut r = Reservation {
+        prompt_tokens,
+        client_cap: fields.max_tokens.is_some(),
+        ..Reservation::default()
+    };
+    if kind.generates_tokens() {
+        let cap = fields.max_tokens.or_else(|| cap(key, fields)).unwrap_or(0);
+        r.completion_tokens = cap.saturating_mul(outputs).min(MAX_REPORTED_TOKENS);
+    }
+    let budgeted = key.limits.monthly_spend_micros.is_some();
+    if kind.priced_per_request() {
+        let units = match kind {
+            RouteKind::Images => fields.n.unwrap_or(1),
+            _ => 1,
+        };
+        match model.per_request_micros {
+            Some(price) => r.per_request_micros = price.saturating_mul(units),
+            None if budgeted => {
+                return Err(Refusal::CostUnbounded(format!(
+                    "keygate cannot bound the cost of this request, so this API key's monthly spending limit could not hold: model '{}' has no per-request price on this gateway.",
+                    model.name
+                ).into()));
+            }
+            None => {}
+        }
+    } else if let Some(price) = model.per_request_micros {
+        r.per_request_micros = price;
+    }
+    Ok(r)
+}
