@@ -31,6 +31,9 @@ pub mod names {
     pub const KEY_SPEND: &str = "keygate_key_spend_usd";
     pub const KEY_LIMIT: &str = "keygate_key_limit";
     pub const KEY_EXPIRY: &str = "keygate_key_expiry_timestamp_seconds";
+    pub const KEY_INFO: &str = "keygate_key_info";
+    pub const UPSTREAM_KEY_CONFIGURED: &str = "keygate_upstream_key_configured";
+    pub const LIMIT_STORE_UP: &str = "keygate_limit_store_up";
     pub const CONFIG_RELOADS: &str = "keygate_config_reloads_total";
     pub const UPSTREAM_UP: &str = "keygate_upstream_up";
     pub const LEDGER_FLUSH_LAG: &str = "keygate_ledger_flush_lag_seconds";
@@ -120,6 +123,9 @@ pub struct Metrics {
     pub key_spend: GaugeVec,
     pub key_limit: GaugeVec,
     pub key_expiry: GaugeVec,
+    pub key_info: GaugeVec,
+    pub upstream_key_configured: IntGauge,
+    pub limit_store_up: IntGauge,
     pub config_reloads: IntCounterVec,
     pub upstream_up: IntGauge,
     pub ledger_flush_lag: prometheus::Gauge,
@@ -231,6 +237,21 @@ impl Metrics {
                 ),
                 &["key"]
             )?),
+            key_info: register!(GaugeVec::new(
+                Opts::new(
+                    names::KEY_INFO,
+                    "1 for each key with per-key series, labelled with its name and environment."
+                ),
+                &["key", "name", "environment"]
+            )?),
+            upstream_key_configured: register!(IntGauge::new(
+                names::UPSTREAM_KEY_CONFIGURED,
+                "1 if the variable named by upstream.api_key_env holds a key, 0 if not."
+            )?),
+            limit_store_up: register!(IntGauge::new(
+                names::LIMIT_STORE_UP,
+                "1 if the store that holds the per-key limits answers (always 1 for limits kept in this process)."
+            )?),
             config_reloads: register!(IntCounterVec::new(
                 Opts::new(names::CONFIG_RELOADS, "Config reloads by result."),
                 &["result"]
@@ -263,6 +284,7 @@ impl Metrics {
             m.config_reloads.with_label_values(&[result]);
         }
         m.upstream_up.set(1);
+        m.limit_store_up.set(1);
         Ok(m)
     }
 

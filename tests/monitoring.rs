@@ -65,7 +65,9 @@ fn every_alert_fires_on_its_synthetic_series_and_stays_quiet_otherwise() {
 fn expand(expr: &str) -> String {
     expr.replace("$__rate_interval", "5m")
         .replace("$__interval", "1m")
+        .replace("$__range", "7d")
         .replace("$key", ".+")
+        .replace("$instance", ".+")
 }
 
 #[test]
@@ -81,15 +83,27 @@ fn the_grafana_dashboard_is_well_formed_and_every_query_parses() {
         .find(|v| v["name"] == "key")
         .expect("a key selector variable");
     assert_eq!(key_var["multi"], true);
+    let instance_var = vars
+        .iter()
+        .find(|v| v["name"] == "instance")
+        .expect("an instance selector variable");
+    assert_eq!(instance_var["multi"], true);
+    assert_eq!(instance_var["includeAll"], true);
     let mut exprs = Vec::new();
-    // label_values(selector, label) is Grafana's; the selector inside must be valid PromQL.
-    let def = key_var["definition"].as_str().unwrap();
-    let inner = def
-        .strip_prefix("label_values(")
-        .and_then(|d| d.rsplit_once(','))
-        .map(|(s, _)| s)
-        .unwrap();
-    exprs.push(inner.to_owned());
+    // label_values(selector, label) and query_result(query) are Grafana's; the selector or
+    // query inside must be valid PromQL.
+    for var in vars.iter().filter(|v| v["type"] == "query") {
+        let def = var["definition"].as_str().unwrap();
+        let inner = match def.strip_prefix("query_result(") {
+            Some(q) => q.strip_suffix(')').unwrap(),
+            None => def
+                .strip_prefix("label_values(")
+                .and_then(|d| d.rsplit_once(','))
+                .map(|(s, _)| s)
+                .unwrap(),
+        };
+        exprs.push(inner.to_owned());
+    }
 
     let panels = dash["panels"].as_array().unwrap();
     let titles: Vec<&str> = panels
@@ -123,7 +137,15 @@ fn the_grafana_dashboard_is_well_formed_and_every_query_parses() {
         assert!(p["type"].is_string() && p["datasource"]["type"] == "prometheus");
         for t in p["targets"].as_array().unwrap() {
             assert!(t["refId"].is_string());
-            exprs.push(t["expr"].as_str().unwrap().to_owned());
+            let expr = t["expr"].as_str().unwrap();
+            // Every selector is filtered by the replica selector.
+            assert_eq!(
+                expr.matches('{').count(),
+                expr.matches("instance=~\"$instance\"").count(),
+                "{}: {expr}",
+                p["title"]
+            );
+            exprs.push(expr.to_owned());
         }
     }
     // promtool parses each query as a recording rule's expression.

@@ -145,8 +145,14 @@ fn refresh_gauges(gw: &Gateway) {
     m.key_spend.reset();
     m.key_limit.reset();
     m.key_expiry.reset();
+    m.key_info.reset();
+    m.upstream_key_configured
+        .set(i64::from(rt.upstream_auth.is_some()));
     for key in &rt.config.keys {
         let id = &*key.id;
+        m.key_info
+            .with_label_values(&[id, &key.name, key.environment.name()])
+            .set(1.0);
         m.key_spend
             .with_label_values(&[id])
             .set(metering.limits.month_spend(id, month) as f64 / 1e6);

@@ -45,9 +45,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         listen: p
             .take(
                 "admin.listen",
-                socket_addr(raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9090")),
+                socket_addr(raw.admin.listen.as_deref().unwrap_or("127.0.0.1:8090")),
             )
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8090))),
         token_env: raw
             .admin
             .token_env
