@@ -27,6 +27,8 @@ pub const LEDGER_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_se
 /// Limits and usage accounting, shared by every request and outliving config reloads.
 pub struct Metering {
     pub limits: Box<dyn LimitStore>,
+    /// `storage.max_unflushed`, fixed at start like the ledger itself.
+    pub max_unflushed: std::time::Duration,
     pub recorder: Recorder,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
@@ -133,6 +135,7 @@ impl Gateway {
         let metrics = Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?;
         let metering = Arc::new(Metering {
             limits: Box::new(limits),
+            max_unflushed: runtime.config.storage.max_unflushed,
             recorder,
             guard: BruteForceGuard::new(clock.clone()),
             events: EventLog::default(),

@@ -129,7 +129,10 @@ async fn real_usage_above_the_reservation_puts_the_token_bucket_in_debt() {
         &url,
         s.key("app"),
         &small,
-        &[("x-mock-chunks", "1500")],
+        &[(
+            "x-mock-usage",
+            r#"{"prompt_tokens":5,"completion_tokens":1500}"#,
+        )],
     ))
     .await;
     assert_eq!(a.status, 200);
@@ -198,7 +201,10 @@ async fn a_concurrent_burst_cannot_spend_past_the_budget() {
                 assert_eq!(a.code(), "budget_exceeded");
                 let msg = a.json()["error"]["message"].as_str().unwrap().to_owned();
                 // The numbers a client can act on: what is left, what this request needs.
-                assert!(msg.contains("0.010000") && msg.contains("max_tokens"), "{msg}");
+                assert!(
+                    msg.contains("0.010000") && msg.contains("max_tokens"),
+                    "{msg}"
+                );
                 assert!(a.headers.contains_key("x-should-retry"));
                 refused += 1;
             }

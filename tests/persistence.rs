@@ -38,7 +38,10 @@ async fn overspend(gw: &Binary, key: &TestKey) -> Answer {
     let r = http::Request::post(gw.url("/v1/chat/completions"))
         .header("authorization", key.bearer())
         .header("content-type", "application/json")
-        .header("x-mock-chunks", "1000")
+        .header(
+            "x-mock-usage",
+            r#"{"prompt_tokens":5,"completion_tokens":1000}"#,
+        )
         .body(http_body_util::Full::new(bytes::Bytes::from(
             body.to_string(),
         )))

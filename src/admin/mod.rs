@@ -187,7 +187,7 @@ fn refresh_gauges(gw: &Gateway) {
         }
     }
     m.ledger_flush_lag
-        .set(metering.recorder.since_last_write().as_secs_f64());
+        .set(metering.recorder.unflushed_for().as_secs_f64());
     m.sync_ledger_dropped(metering.recorder.dropped());
 }
 
@@ -228,18 +228,19 @@ async fn readyz(gw: &Gateway) -> Response<ResponseBody> {
         json!({"keys": rt.config.keys.len(), "models": rt.config.models.iter().count()}),
     );
 
-    let lag = metering.recorder.since_last_write();
+    let lag = metering.recorder.unflushed_for();
     let dropped = metering.recorder.dropped();
-    let ledger_status = if lag > Duration::from_secs(30) {
+    // Past max_unflushed, keys with a budget are refused: this replica cannot serve them.
+    let ledger_status = if lag > rt.config.storage.max_unflushed {
         "fail"
-    } else if lag > Duration::from_secs(5) || dropped > 0 {
+    } else if !lag.is_zero() || dropped > 0 {
         "warning"
     } else {
         "pass"
     };
     let ledger = check(
         ledger_status,
-        json!({"path": rt.config.storage.path.display().to_string(), "seconds_since_write": lag.as_secs_f64(), "dropped_events": dropped}),
+        json!({"path": rt.config.storage.path.display().to_string(), "seconds_unflushed": lag.as_secs_f64(), "max_unflushed_seconds": rt.config.storage.max_unflushed.as_secs_f64(), "dropped_events": dropped}),
     );
 
     let upstream_cfg = &rt.config.upstream;

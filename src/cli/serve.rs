@@ -27,12 +27,17 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (code, gateway) = rt.block_on(serve(path));
+    let (mut code, gateway) = rt.block_on(serve(path));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     if let Some(gw) = gateway {
         let recorder = &gw.metering.recorder;
         if !recorder.flush(LEDGER_SHUTDOWN_FLUSH) {
-            tracing::error!("the usage ledger could not be flushed before exit");
+            // Spend that is not in the ledger would be forgotten by the next start: say so
+            // with the exit status, so a supervisor notices.
+            tracing::error!(
+                "the usage ledger could not be flushed before exit: recent usage is lost"
+            );
+            code = ExitCode::FAILURE;
         }
         if recorder.dropped() > 0 {
             tracing::error!(

@@ -64,6 +64,7 @@ pub struct RawUpstream {
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
     pub path: Option<String>,
+    pub max_unflushed: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

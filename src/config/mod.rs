@@ -101,6 +101,9 @@ pub struct Upstream {
 #[derive(Debug)]
 pub struct Storage {
     pub path: PathBuf,
+    /// How long usage may stay unwritten before keys with a budget are refused (503
+    /// `ledger_unavailable`): spend that is not durable could be lost by a restart.
+    pub max_unflushed: Duration,
 }
 
 /// Integer micro-dollars per million tokens.

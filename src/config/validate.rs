@@ -56,6 +56,12 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let upstream = upstream(&raw.upstream, &mut p);
     let storage = Storage {
         path: base.join(raw.storage.path.as_deref().unwrap_or("data/keygate.db")),
+        max_unflushed: duration(
+            &mut p,
+            "storage.max_unflushed",
+            &raw.storage.max_unflushed,
+            Duration::from_secs(5),
+        ),
     };
 
     let mut models = Models::default();

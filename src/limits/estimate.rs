@@ -6,8 +6,11 @@
 //! than 3 bytes into a token, such as long runs of digits or base64). CJK text takes 3 bytes
 //! per character in UTF-8 and about one token per character, so the estimate stays close.
 //!
+//! That estimate reserves tokens against a tokens-per-minute limit. Money is reserved for the
+//! [`prompt_ceiling`] instead, so that no prompt can cost more than was reserved.
+//!
 //! Completion: the request's `max_tokens` (or `max_completion_tokens`), or the key's
-//! `default_max_tokens` when the request sets none.
+//! `default_max_tokens` when the request sets none, times the outputs it asks for.
 
 /// Bytes of request body per estimated prompt token.
 pub const BYTES_PER_TOKEN: u64 = 3;
@@ -20,10 +23,11 @@ pub fn prompt_tokens(body_len: usize) -> u64 {
     (body_len as u64).div_ceil(BYTES_PER_TOKEN)
 }
 
-/// Completion tokens estimated from what was streamed when no usage arrived: each content
-/// chunk carries about one token, and no token is shorter than 1 byte in 4.
-pub fn streamed_completion_tokens(content_chunks: u64, content_bytes: u64) -> u64 {
-    content_chunks.max(content_bytes.div_ceil(4))
+/// The most prompt tokens a body can hold: one per byte. Byte-level tokenizers (DeepSeek's,
+/// OpenAI's) never make more tokens than the text has bytes, JSON escapes only shrink text,
+/// and a chat template's few tokens per message are fewer than the JSON around it.
+pub fn prompt_ceiling(body_len: usize) -> u64 {
+    body_len as u64
 }
 
 #[cfg(test)]
@@ -41,7 +45,6 @@ mod tests {
         assert!(prompt_tokens(body.len()) >= 17 + 10);
         assert_eq!(prompt_tokens(0), 0);
         assert_eq!(prompt_tokens(4), 2);
-        assert_eq!(streamed_completion_tokens(5, 8), 5);
-        assert_eq!(streamed_completion_tokens(1, 100), 25);
+        assert_eq!(prompt_ceiling(body.len()), body.len() as u64);
     }
 }

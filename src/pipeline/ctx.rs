@@ -13,8 +13,13 @@ use crate::config::Model;
 /// phase reserves, and what an answer that never reports its usage is billed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reservation {
-    /// Prompt tokens estimated from the body (every input counted).
+    /// The most prompt tokens the body can hold: one per byte (a byte-level tokenizer never
+    /// makes more tokens than bytes). The cost reservation, and what an answer without usage
+    /// is billed, use it, so no prompt can cost more than was reserved.
     pub prompt_tokens: u64,
+    /// The likely prompt tokens (one per 3 bytes, plus one per token id), reserved against
+    /// the tokens-per-minute limit, where a short estimate only means a little debt.
+    pub rate_prompt_tokens: u64,
     /// The completion cap times the outputs asked for (`n`, `best_of`, prompts).
     pub completion_tokens: u64,
     /// The client set the cap itself (otherwise keygate wrote its own into the body).

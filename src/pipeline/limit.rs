@@ -1,6 +1,7 @@
 //! Limit: reserve what the request may use against the key's limits, before it is forwarded.
-//! Tokens: the prompt estimate plus the completion cap. Money: those tokens at the model's
-//! prices. The reservation is replaced by the real usage when the request settles.
+//! Tokens: the likely prompt plus the completion cap times the outputs. Money: the most the
+//! prompt can hold plus that completion, at the model's prices, plus its per-request price.
+//! The reservation is replaced by the real usage when the request settles.
 
 use std::time::Duration;
 
@@ -15,6 +16,12 @@ use crate::usage::{calendar, cost};
 
 /// Reserves the request's [`Reservation`](super::ctx::Reservation) against the key's limits.
 pub fn limit(metering: &Metering, key: &KeyPolicy, ctx: &RequestCtx) -> Result<Admission, Refusal> {
+    if key.limits.monthly_spend_micros.is_some()
+        && metering.recorder.unflushed_for() > metering.max_unflushed
+    {
+        // Spend that is not durable could be lost by a restart: stop before it piles up.
+        return Err(Refusal::LedgerUnavailable);
+    }
     let month = calendar::month_index(ctx.started_utc);
     let r = &ctx.reserved;
     let cost_micros = ctx.model.as_ref().map_or(0, |model| {
@@ -25,15 +32,17 @@ pub fn limit(metering: &Metering, key: &KeyPolicy, ctx: &RequestCtx) -> Result<A
     // reservation is lowered (the rest is settled as debt), but its cost is always reserved at
     // the full cap, so the budget bound holds.
     let completion = match (r.client_cap, key.limits.tokens_per_minute) {
-        (false, Some(tpm)) => r
-            .completion_tokens
-            .min(u64::from(tpm.get()).saturating_sub(r.prompt_tokens).max(1)),
+        (false, Some(tpm)) => r.completion_tokens.min(
+            u64::from(tpm.get())
+                .saturating_sub(r.rate_prompt_tokens)
+                .max(1),
+        ),
         _ => r.completion_tokens,
     };
     let request = AdmitRequest {
         key_id: &key.id,
         limits: &key.limits,
-        tokens: r.prompt_tokens.saturating_add(completion),
+        tokens: r.rate_prompt_tokens.saturating_add(completion),
         cost_micros,
         month,
     };

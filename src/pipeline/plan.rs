@@ -111,15 +111,19 @@ fn reserve(
     };
     let outputs = per_prompt.saturating_mul(prompts);
     // Only answers that report usage are billed by token; the others by request.
-    let prompt_tokens = if kind.reports_usage() {
-        estimate::prompt_tokens(body_len)
-            .saturating_add(fields.inputs.token_ids)
-            .min(MAX_REPORTED_TOKENS)
+    let (prompt_tokens, rate_prompt_tokens) = if kind.reports_usage() {
+        (
+            estimate::prompt_ceiling(body_len).min(MAX_REPORTED_TOKENS),
+            estimate::prompt_tokens(body_len)
+                .saturating_add(fields.inputs.token_ids)
+                .min(MAX_REPORTED_TOKENS),
+        )
     } else {
-        0
+        (0, 0)
     };
     let mut r = Reservation {
         prompt_tokens,
+        rate_prompt_tokens,
         client_cap: fields.max_tokens.is_some(),
         ..Reservation::default()
     };

@@ -41,8 +41,8 @@ const WAKE_EVERY: usize = 8192;
 pub struct Recorder {
     tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
-    /// Unix milliseconds of the last successful write (or of the start).
-    last_write: Arc<AtomicU64>,
+    /// Unix milliseconds since which usage has been waiting to be written; 0 when none waits.
+    unflushed_since: Arc<AtomicU64>,
     queued: Arc<AtomicUsize>,
     writer: std::thread::Thread,
 }
@@ -52,8 +52,8 @@ impl Recorder {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let queued = Arc::new(AtomicUsize::new(0));
-        let last_write = Arc::new(AtomicU64::new(unix_millis()));
-        let (d, q, w) = (dropped.clone(), queued.clone(), last_write.clone());
+        let unflushed_since = Arc::new(AtomicU64::new(0));
+        let (d, q, w) = (dropped.clone(), queued.clone(), unflushed_since.clone());
         // The thread ends once every sender is gone, after writing what was queued.
         let handle = std::thread::Builder::new()
             .name("keygate-ledger".into())
@@ -61,7 +61,7 @@ impl Recorder {
         Ok(Self {
             tx,
             dropped,
-            last_write,
+            unflushed_since,
             queued,
             writer: handle.thread().clone(),
         })
@@ -90,9 +90,13 @@ impl Recorder {
         }
     }
 
-    /// Time since the ledger was last written successfully (or since start, if never).
-    pub fn since_last_write(&self) -> Duration {
-        Duration::from_millis(unix_millis().saturating_sub(self.last_write.load(Ordering::Relaxed)))
+    /// How long the oldest usage not yet in the ledger has been waiting to be written (zero
+    /// when the writer has caught up). It grows while writes fail.
+    pub fn unflushed_for(&self) -> Duration {
+        match self.unflushed_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(unix_millis().saturating_sub(since)),
+        }
     }
 
     /// Events that could not be queued or written, since start.
@@ -121,16 +125,15 @@ fn write(
     ledger: &mut Ledger,
     pending: &mut Vec<UsageEvent>,
     dropped: &AtomicU64,
-    last_write: &AtomicU64,
+    unflushed_since: &AtomicU64,
 ) {
     if pending.is_empty() {
-        last_write.store(unix_millis(), Ordering::Relaxed);
         return;
     }
     match ledger.write(pending) {
         Ok(_) => {
             pending.clear();
-            last_write.store(unix_millis(), Ordering::Relaxed);
+            unflushed_since.store(0, Ordering::Relaxed);
         }
         Err(e) => {
             tracing::error!(error = %e, queued = pending.len(), "cannot write the usage ledger; will retry");
@@ -149,19 +152,23 @@ fn run(
     flush_every: Duration,
     dropped: Arc<AtomicU64>,
     queued: Arc<AtomicUsize>,
-    last_write: Arc<AtomicU64>,
+    unflushed_since: Arc<AtomicU64>,
 ) {
     let mut pending: Vec<UsageEvent> = Vec::new();
+    let unflushed = &*unflushed_since;
     loop {
         std::thread::park_timeout(flush_every);
         loop {
             match rx.try_recv() {
                 Ok(Msg::Event(e)) => {
                     queued.fetch_sub(1, Ordering::Relaxed);
+                    if pending.is_empty() && unflushed.load(Ordering::Relaxed) == 0 {
+                        unflushed.store(unix_millis().max(1), Ordering::Relaxed);
+                    }
                     pending.push(*e);
                 }
                 Ok(Msg::Flush(ack)) => {
-                    write(&mut ledger, &mut pending, &dropped, &last_write);
+                    write(&mut ledger, &mut pending, &dropped, unflushed);
                     // Dropping the ack unanswered tells the caller the flush failed.
                     if pending.is_empty() {
                         let _ = ack.send(());
@@ -169,11 +176,11 @@ fn run(
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    write(&mut ledger, &mut pending, &dropped, &last_write);
+                    write(&mut ledger, &mut pending, &dropped, unflushed);
                     return;
                 }
             }
         }
-        write(&mut ledger, &mut pending, &dropped, &last_write);
+        write(&mut ledger, &mut pending, &dropped, unflushed);
     }
 }

@@ -119,7 +119,9 @@ impl Gw {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut text = config.to_owned();
+        // `@LEDGER@` in a config's own [storage] stands for the test's ledger path.
+        let ledger = dir.path().join("keygate.db");
+        let mut text = config.replace("@LEDGER@", &ledger.display().to_string());
         if !text.contains("[storage]") {
             text.push_str(&format!(
                 "\n[storage]\npath = \"{}\"\n",

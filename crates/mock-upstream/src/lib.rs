@@ -1,14 +1,27 @@
-//! A mock OpenAI-compatible upstream for keygate's tests and load benchmark.
+//! A mock OpenAI-compatible upstream for keygate's tests and load benchmark, which behaves
+//! like a provider where money is concerned: it honours `n`, `best_of` and prompt arrays,
+//! stops at `max_tokens` (or at its own default length when no cap is given, as DeepSeek's
+//! 32K for deepseek-reasoner), streams `reasoning_content` and tool calls, and records what it
+//! generated (and so would charge) whether or not anyone reads the answer.
 //!
-//! It answers `/chat/completions` (JSON, or SSE when `"stream": true`, with a final usage chunk
-//! when `stream_options.include_usage` is set, as OpenAI and DeepSeek do), `/embeddings`,
-//! `/models` and `/models/{id}`, with or without a `/v1` prefix. It records every request it
-//! receives (including `Authorization`) and obeys per-request control headers, which a gateway
-//! forwards like any other header:
+//! It answers `/chat/completions` and `/completions` (JSON, or SSE when `"stream": true`, with
+//! a final usage chunk when `stream_options.include_usage` is set, as OpenAI and DeepSeek do),
+//! `/embeddings`, `/models`, `/models/{id}`, `/images/generations`, `/audio/speech`,
+//! `/fine_tuning/jobs` and `/files/...`, with or without a `/v1` prefix. It records every
+//! request it receives (including `Authorization`) and obeys per-request control headers,
+//! which a gateway forwards like any other header:
 //!
 //! - `x-mock-status: N`: answer with status N and an error body containing [`UPSTREAM_SECRET_TEXT`].
 //! - `x-mock-delay-ms: N`: wait before sending the response head.
-//! - `x-mock-chunks: N`: number of content pieces (default 3); each is one completion token.
+//! - `x-mock-body-delay-ms: N`: send a non-streamed answer's head at once and its body N ms
+//!   later (as DeepSeek does for slow non-streamed answers).
+//! - `x-mock-chunks: N`: the answer's natural length in completion tokens per choice (default
+//!   3); it stops earlier at `max_tokens` or at its default length.
+//! - `x-mock-default-max-tokens: N`: the length used when the request sets no cap (default
+//!   32768 for deepseek-reasoner, 4096 otherwise).
+//! - `x-mock-reasoning: N`: N `reasoning_content` tokens per choice before the content.
+//! - `x-mock-tool-calls: 1`: the content is streamed as tool-call arguments.
+//! - `x-mock-usage: JSON`: report this `usage` object instead of the real one.
 //! - `x-mock-chunk-delay-ms: N`: wait between streamed pieces.
 //! - `x-mock-cut-after: N`: reset the stream after N pieces.
 //! - `x-mock-stall-after: N`: stop sending (but keep the connection) after N pieces.
@@ -52,11 +65,41 @@ pub struct Recorded {
     pub body: Bytes,
 }
 
+/// What the mock generated for one request: what a provider would charge for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Generated {
+    /// The route, without `/v1`.
+    pub path: String,
+    pub model: String,
+    pub prompt_tokens: u64,
+    /// Completion tokens generated (for a stream: sent before it ended or was cancelled).
+    pub completion_tokens: u64,
+    /// Priced per request: images made, speeches, jobs.
+    pub units: u64,
+}
+
 #[derive(Default)]
 struct State {
     requests: Mutex<Vec<Recorded>>,
+    generated: Mutex<Vec<Generated>>,
     /// Streams whose reader went away before the stream ended.
     cancelled: AtomicU64,
+}
+
+impl State {
+    /// Records a generation and returns its index, for a stream to add to as it goes.
+    fn generate(&self, g: Generated) -> usize {
+        let mut all = self.generated.lock().unwrap_or_else(|e| e.into_inner());
+        all.push(g);
+        all.len() - 1
+    }
+
+    fn add_completion(&self, index: usize, tokens: u64) {
+        let mut all = self.generated.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = all.get_mut(index) {
+            g.completion_tokens += tokens;
+        }
+    }
 }
 
 /// A running mock; stops when dropped.
@@ -89,6 +132,15 @@ impl MockUpstream {
             .requests
             .lock()
             .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Everything generated so far, one entry per answered request.
+    pub fn generated(&self) -> Vec<Generated> {
+        self.state
+            .generated
+            .lock()
+            .map(|g| g.clone())
             .unwrap_or_default()
     }
 
@@ -200,8 +252,65 @@ async fn answer(
     let path = path.strip_prefix("/v1").unwrap_or(&path);
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let response = match (parts.method.as_str(), path) {
-        ("POST", "/chat/completions") => chat(&state, h, &request),
-        ("POST", "/embeddings") => embeddings(&request),
+        ("POST", "/chat/completions") => generate(&state, h, &request, Route::Chat),
+        ("POST", "/completions") => generate(&state, h, &request, Route::Completions),
+        ("POST", "/embeddings") => embeddings(&state, &request),
+        ("POST", "/images/generations") => {
+            let n = request.get("n").and_then(Value::as_u64).unwrap_or(1);
+            state.generate(Generated {
+                path: path.to_owned(),
+                model: model_of(&request),
+                units: n,
+                ..Generated::default()
+            });
+            let data: Vec<Value> = (0..n)
+                .map(|i| json!({"url": format!("https://mock.invalid/image/{i}.png")}))
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({"created": 1_700_000_000, "data": data}),
+            )
+        }
+        ("POST", "/audio/speech") => {
+            state.generate(Generated {
+                path: path.to_owned(),
+                model: model_of(&request),
+                units: 1,
+                ..Generated::default()
+            });
+            let mut r = Response::new(MockBody::Full(Some(Bytes::from_static(b"ID3mock-audio"))));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("audio/mpeg"));
+            r
+        }
+        ("POST", "/fine_tuning/jobs") => {
+            state.generate(Generated {
+                path: path.to_owned(),
+                model: model_of(&request),
+                units: 1,
+                ..Generated::default()
+            });
+            json_response(
+                StatusCode::OK,
+                &json!({"id": "ftjob-mock", "object": "fine_tuning.job", "model": model_of(&request), "status": "queued"}),
+            )
+        }
+        ("GET", "/fine_tuning/jobs") => json_response(
+            StatusCode::OK,
+            &json!({"object": "list", "data": [], "has_more": false}),
+        ),
+        ("GET", p) if p.starts_with("/files/") && p.ends_with("/content") => {
+            // A file's content is whatever was uploaded: here, text that looks like usage.
+            let content = h
+                .get("x-mock-file-content")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(r#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":18446744073709551615}}"#)
+                .to_owned();
+            let mut r = Response::new(MockBody::Full(Some(Bytes::from(content))));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            r
+        }
         ("GET", "/models") => {
             let data: Vec<Value> = MODELS
                 .iter()
@@ -221,8 +330,27 @@ async fn answer(
     Ok(response)
 }
 
-/// Prompt tokens: one per four characters of message content, plus one per message.
-fn prompt_tokens(request: &Value) -> u64 {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Chat,
+    Completions,
+}
+
+fn model_of(request: &Value) -> String {
+    request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+/// Tokens of one text: one per four characters, at least one.
+fn text_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4).max(1)
+}
+
+/// Prompt tokens of a chat request: each message's text plus one.
+fn chat_prompt_tokens(request: &Value) -> u64 {
     let Some(messages) = request.get("messages").and_then(Value::as_array) else {
         return 1;
     };
@@ -238,6 +366,30 @@ fn prompt_tokens(request: &Value) -> u64 {
         .sum()
 }
 
+/// The prompts of a `prompt` or `input` member, as token counts: a string is one prompt, an
+/// array of strings or of token-id arrays one per element, a flat token-id array one.
+fn prompts(value: Option<&Value>) -> Vec<u64> {
+    match value {
+        Some(Value::String(s)) => vec![text_tokens(s)],
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
+            if items.is_empty() {
+                vec![]
+            } else {
+                vec![items.len() as u64]
+            }
+        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => text_tokens(s),
+                Value::Array(ids) => ids.len() as u64,
+                _ => 1,
+            })
+            .collect(),
+        _ => vec![],
+    }
+}
+
 fn usage(prompt: u64, completion: u64) -> Value {
     json!({
         "prompt_tokens": prompt,
@@ -248,27 +400,121 @@ fn usage(prompt: u64, completion: u64) -> Value {
     })
 }
 
-fn chat(state: &Arc<State>, h: &HeaderMap, request: &Value) -> Response<MockBody> {
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown")
-        .to_owned();
-    let pieces = header_num(h, "x-mock-chunks").unwrap_or(3);
-    let prompt = prompt_tokens(request);
-    if request.get("stream").and_then(Value::as_bool) != Some(true) {
-        let content: String = (0..pieces).map(|i| format!("w{i} ")).collect();
-        return json_response(
-            StatusCode::OK,
-            &json!({
-                "id": "chatcmpl-mock",
-                "object": "chat.completion",
-                "created": 1_700_000_000,
-                "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-                "usage": usage(prompt, pieces),
-            }),
-        );
+/// One choice's generation: reasoning first, then content, stopped at the cap.
+#[derive(Clone, Copy)]
+struct Plan {
+    reasoning: u64,
+    content: u64,
+}
+
+impl Plan {
+    fn total(self) -> u64 {
+        self.reasoning + self.content
+    }
+}
+
+/// Chat and legacy completions: `n` (or `best_of`) generations per prompt, each stopped at
+/// `max_tokens`, or at the mock's own default length when the request sets no cap.
+fn generate(
+    state: &Arc<State>,
+    h: &HeaderMap,
+    request: &Value,
+    route: Route,
+) -> Response<MockBody> {
+    let model = model_of(request);
+    let natural = header_num(h, "x-mock-chunks").unwrap_or(3);
+    let default_cap =
+        header_num(h, "x-mock-default-max-tokens").unwrap_or(if model == "deepseek-reasoner" {
+            32_768
+        } else {
+            4_096
+        });
+    let cap = ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .filter_map(|f| request.get(*f).and_then(Value::as_u64))
+        .max()
+        .unwrap_or(default_cap);
+    let reasoning_wanted = header_num(h, "x-mock-reasoning").unwrap_or(0);
+    let total = (reasoning_wanted + natural).min(cap);
+    let reasoning = reasoning_wanted.min(total);
+    let plan = Plan {
+        reasoning,
+        content: total - reasoning,
+    };
+    let n = request.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    let best_of = request
+        .get("best_of")
+        .and_then(Value::as_u64)
+        .unwrap_or(n)
+        .max(n);
+    let (prompt, prompt_count) = match route {
+        Route::Chat => (chat_prompt_tokens(request), 1),
+        Route::Completions => {
+            let p = prompts(request.get("prompt"));
+            (p.iter().sum::<u64>().max(1), (p.len() as u64).max(1))
+        }
+    };
+    let returned = n * prompt_count;
+    let generations = best_of * prompt_count;
+    let tool_calls = h.get("x-mock-tool-calls").is_some();
+    let usage_override: Option<Value> = h
+        .get("x-mock-usage")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| serde_json::from_str(v).ok());
+    let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
+    let path = match route {
+        Route::Chat => "/chat/completions",
+        Route::Completions => "/completions",
+    };
+    if !stream {
+        let completion = generations * plan.total();
+        state.generate(Generated {
+            path: path.to_owned(),
+            model: model.clone(),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            units: 0,
+        });
+        let words =
+            |k: u64, prefix: &str| -> String { (0..k).map(|i| format!("{prefix}{i} ")).collect() };
+        let choices: Vec<Value> = (0..returned)
+            .map(|i| match route {
+                Route::Chat => {
+                    let mut message =
+                        json!({"role": "assistant", "content": words(plan.content, "w")});
+                    if plan.reasoning > 0 {
+                        message["reasoning_content"] = json!(words(plan.reasoning, "r"));
+                    }
+                    json!({"index": i, "message": message, "finish_reason": "stop"})
+                }
+                Route::Completions => {
+                    json!({"index": i, "text": words(plan.content, "w"), "finish_reason": "stop"})
+                }
+            })
+            .collect();
+        let object = match route {
+            Route::Chat => "chat.completion",
+            Route::Completions => "text_completion",
+        };
+        let body = json!({
+            "id": "cmpl-mock",
+            "object": object,
+            "created": 1_700_000_000,
+            "model": model,
+            "choices": choices,
+            "usage": usage_override.unwrap_or_else(|| usage(prompt, completion)),
+        });
+        let mut r = json_response(StatusCode::OK, &body);
+        if let Some(ms) = header_num(h, "x-mock-body-delay-ms") {
+            let bytes = Bytes::from(body.to_string());
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let _ = tx.send(Ok(bytes)).await;
+            });
+            *r.body_mut() = MockBody::Channel(rx);
+        }
+        return r;
     }
     let include_usage = request
         .pointer("/stream_options/include_usage")
@@ -277,40 +523,85 @@ fn chat(state: &Arc<State>, h: &HeaderMap, request: &Value) -> Response<MockBody
     let delay = Duration::from_millis(header_num(h, "x-mock-chunk-delay-ms").unwrap_or(0));
     let cut_after = header_num(h, "x-mock-cut-after");
     let stall_after = header_num(h, "x-mock-stall-after");
+    let index = state.generate(Generated {
+        path: path.to_owned(),
+        model: model.clone(),
+        prompt_tokens: prompt,
+        completion_tokens: 0,
+        units: 0,
+    });
     let (tx, rx) = mpsc::channel(4);
     let state = state.clone();
     tokio::spawn(async move {
-        let chunk = |delta: Value, finish: Value| {
+        let object = match route {
+            Route::Chat => "chat.completion.chunk",
+            Route::Completions => "text_completion",
+        };
+        let event = |choice: Value| {
             let mut c = json!({
-                "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "id": "cmpl-mock", "object": object, "created": 1_700_000_000, "model": model,
+                "choices": [choice],
             });
             if include_usage {
                 c["usage"] = Value::Null;
             }
             Bytes::from(format!("data: {c}\n\n"))
         };
-        let mut events = vec![chunk(
-            json!({"role": "assistant", "content": ""}),
-            Value::Null,
-        )];
-        events
-            .extend((0..pieces).map(|i| chunk(json!({"content": format!("w{i} ")}), Value::Null)));
-        events.push(chunk(json!({}), json!("stop")));
-        if include_usage {
-            let u = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage(prompt, pieces)});
-            events.push(Bytes::from(format!("data: {u}\n\n")));
+        let delta = |i: u64, step: u64| -> Value {
+            match route {
+                Route::Completions => {
+                    json!({"index": i, "text": format!("w{step} "), "finish_reason": null})
+                }
+                Route::Chat if step < plan.reasoning => {
+                    json!({"index": i, "delta": {"reasoning_content": format!("r{step} "), "content": null}, "finish_reason": null})
+                }
+                Route::Chat if tool_calls => {
+                    json!({"index": i, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": format!("a{step}")}}]}, "finish_reason": null})
+                }
+                Route::Chat => {
+                    json!({"index": i, "delta": {"content": format!("w{step} ")}, "finish_reason": null})
+                }
+            }
+        };
+        // (event, completion tokens it carries)
+        let mut events: Vec<(Bytes, u64)> = Vec::new();
+        if route == Route::Chat {
+            for i in 0..returned {
+                events.push((event(json!({"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})), 0));
+            }
         }
-        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-        for (i, event) in events.into_iter().enumerate() {
-            let sent_pieces = i as u64; // the role chunk is index 0, so i pieces have been sent
-            if cut_after.is_some_and(|n| sent_pieces > n) {
+        for step in 0..plan.total() {
+            for i in 0..returned {
+                events.push((event(delta(i, step)), 1));
+            }
+        }
+        for i in 0..returned {
+            let finish = match route {
+                Route::Chat => json!({"index": i, "delta": {}, "finish_reason": "stop"}),
+                Route::Completions => json!({"index": i, "text": "", "finish_reason": "stop"}),
+            };
+            events.push((event(finish), 0));
+        }
+        // Generations beyond the `n` returned (best_of) are charged but not streamed.
+        let unseen = (generations - returned) * plan.total();
+        if include_usage {
+            let u = usage_override
+                .clone()
+                .unwrap_or_else(|| usage(prompt, generations * plan.total()));
+            let u = json!({"id": "cmpl-mock", "object": object, "created": 1_700_000_000, "model": model, "choices": [], "usage": u});
+            events.push((Bytes::from(format!("data: {u}\n\n")), 0));
+        }
+        events.push((Bytes::from_static(b"data: [DONE]\n\n"), 0));
+        state.add_completion(index, unseen);
+        let mut pieces = 0u64;
+        for (i, (event, tokens)) in events.into_iter().enumerate() {
+            if cut_after.is_some_and(|n| pieces >= n && tokens > 0) {
                 let _ = tx
                     .send(Err(std::io::Error::other("mock cut the stream")))
                     .await;
                 return;
             }
-            if stall_after.is_some_and(|n| sent_pieces > n) {
+            if stall_after.is_some_and(|n| pieces >= n && tokens > 0) {
                 tx.closed().await;
                 state.cancelled.fetch_add(1, Ordering::SeqCst);
                 return;
@@ -322,6 +613,8 @@ fn chat(state: &Arc<State>, h: &HeaderMap, request: &Value) -> Response<MockBody
                 state.cancelled.fetch_add(1, Ordering::SeqCst);
                 return;
             }
+            state.add_completion(index, tokens);
+            pieces += tokens;
         }
     });
     let mut r = Response::new(MockBody::Channel(rx));
@@ -334,19 +627,15 @@ fn chat(state: &Arc<State>, h: &HeaderMap, request: &Value) -> Response<MockBody
     r
 }
 
-fn embeddings(request: &Value) -> Response<MockBody> {
-    let inputs: Vec<String> = match request.get("input") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_str().unwrap_or("").to_owned())
-            .collect(),
-        _ => vec![],
-    };
-    let tokens: u64 = inputs
-        .iter()
-        .map(|s| (s.len() as u64).div_ceil(4).max(1))
-        .sum();
+fn embeddings(state: &Arc<State>, request: &Value) -> Response<MockBody> {
+    let inputs = prompts(request.get("input"));
+    let tokens: u64 = inputs.iter().sum();
+    state.generate(Generated {
+        path: "/embeddings".into(),
+        model: model_of(request),
+        prompt_tokens: tokens,
+        ..Generated::default()
+    });
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
