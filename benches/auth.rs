@@ -79,7 +79,8 @@ fn authorize_phase(c: &mut Criterion) {
                 peer,
                 black_box(&headers),
                 &config.server.trusted_proxies,
-            );
+            )
+            .unwrap();
             let route = route::resolve(&Method::POST, black_box("/v1/chat/completions")).unwrap();
             authorize::authorize_source(&key, ip, &headers, &route).unwrap();
             authorize::authorize_model(&key, &config.models, black_box("deepseek-chat")).is_ok()

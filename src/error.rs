@@ -90,6 +90,10 @@ pub enum Refusal {
     /// Usage has not been written durably for longer than `storage.max_unflushed`, so a key
     /// with a budget cannot be admitted.
     LedgerUnavailable,
+    /// A trusted proxy's `X-Forwarded-For` has an entry that is not an address.
+    BadForwardedFor,
+    /// Request bodies already buffered use up `server.max_buffered_body_bytes`.
+    BodyBufferFull,
 }
 
 /// Why a request was refused: a bounded label for logs and metrics, finer than the error code.
@@ -126,6 +130,8 @@ pub enum Reason {
     BudgetExceeded,
     BlockedClient,
     LedgerUnavailable,
+    BadForwardedFor,
+    BodyBufferFull,
 }
 
 impl Reason {
@@ -173,6 +179,8 @@ impl Reason {
             Reason::BudgetExceeded => "budget_exceeded",
             Reason::BlockedClient => "blocked_client",
             Reason::LedgerUnavailable => "ledger_unavailable",
+            Reason::BadForwardedFor => "bad_forwarded_for",
+            Reason::BodyBufferFull => "body_buffer_full",
         }
     }
 
@@ -218,9 +226,10 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::Auth(_) => StatusCode::UNAUTHORIZED,
-            Refusal::AmbiguousCredentials | Refusal::NotCanonical | Refusal::InvalidRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Refusal::AmbiguousCredentials
+            | Refusal::NotCanonical
+            | Refusal::InvalidRequest(_)
+            | Refusal::BadForwardedFor => StatusCode::BAD_REQUEST,
             Refusal::IpNotAllowed
             | Refusal::ReferrerNotAllowed
             | Refusal::ScopeNotAllowed(_)
@@ -246,7 +255,7 @@ impl Refusal {
             | Refusal::TooManyTokens { .. }
             | Refusal::BudgetExceeded(_)
             | Refusal::BlockedClient => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::LedgerUnavailable | Refusal::BodyBufferFull => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -270,7 +279,8 @@ impl Refusal {
             | Refusal::NotCanonical
             | Refusal::InvalidRequest(_)
             | Refusal::UriTooLong
-            | Refusal::BodyTimeout => "invalid_request",
+            | Refusal::BodyTimeout
+            | Refusal::BadForwardedFor => "invalid_request",
             Refusal::BodyTooLarge => "request_too_large",
             Refusal::UpstreamUnreachable
             | Refusal::UpstreamTimeout
@@ -281,6 +291,7 @@ impl Refusal {
             Refusal::BudgetExceeded(_) => "budget_exceeded",
             Refusal::BlockedClient => "rate_limit_exceeded",
             Refusal::LedgerUnavailable => "ledger_unavailable",
+            Refusal::BodyBufferFull => "server_busy",
         }
     }
 
@@ -321,6 +332,8 @@ impl Refusal {
             Refusal::BudgetExceeded(_) => Reason::BudgetExceeded,
             Refusal::BlockedClient => Reason::BlockedClient,
             Refusal::LedgerUnavailable => Reason::LedgerUnavailable,
+            Refusal::BadForwardedFor => Reason::BadForwardedFor,
+            Refusal::BodyBufferFull => Reason::BodyBufferFull,
         }
     }
 
@@ -410,6 +423,12 @@ impl Refusal {
             Refusal::LedgerUnavailable => {
                 "The gateway cannot record usage right now, so requests on keys with a spending limit are paused. Retry shortly."
             }
+            Refusal::BadForwardedFor => {
+                "X-Forwarded-For from a trusted proxy has an entry that is not an IP address."
+            }
+            Refusal::BodyBufferFull => {
+                "The gateway is holding as many request bodies as it may; retry shortly."
+            }
         })
     }
 
@@ -421,6 +440,7 @@ impl Refusal {
             Refusal::TooManyTokens { .. } | Refusal::BlockedClient => Some(false),
             Refusal::RateLimited { .. }
             | Refusal::LedgerUnavailable
+            | Refusal::BodyBufferFull
             | Refusal::UpstreamStatus { .. } => Some(true),
             _ => None,
         }
@@ -432,6 +452,7 @@ impl Refusal {
             Refusal::UpstreamStatus { retry_after, .. } => *retry_after,
             Refusal::BudgetExceeded(b) if b.retryable() => Some(Duration::from_secs(1)),
             Refusal::LedgerUnavailable => Some(Duration::from_secs(5)),
+            Refusal::BodyBufferFull => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -4,11 +4,13 @@
 //! upstream credential read from the environment. A request loads the snapshot once and uses it
 //! throughout, so a reload (build a new one, then swap) never changes a request midway.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use sha2::Digest;
+use tokio::sync::Semaphore;
 
 use crate::access::guard::BruteForceGuard;
 use crate::auth::KeyStore;
@@ -32,7 +34,10 @@ pub struct Metering {
     pub recorder: Recorder,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
+    /// Counts invalid API keys per client address.
     pub guard: BruteForceGuard,
+    /// Counts wrong admin tokens per address, apart from the API's guard.
+    pub admin_guard: BruteForceGuard,
     pub events: EventLog,
 }
 
@@ -110,6 +115,32 @@ pub struct Gateway {
     pub reload_lock: std::sync::Mutex<()>,
     pub client: UpstreamClient,
     pub metering: Arc<Metering>,
+    /// Request body bytes all requests may hold buffered at once
+    /// (`server.max_buffered_body_bytes`); past it, requests get 503.
+    pub body_budget: Arc<Semaphore>,
+}
+
+/// How often the brute-force guards forget addresses that have recovered.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Prunes the guards on a timer, off the request path, for as long as `metering` lives.
+fn spawn_pruner(metering: &Arc<Metering>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(metering);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(metering) = weak.upgrade() else {
+                return;
+            };
+            metering.guard.prune();
+            metering.admin_guard.prune();
+        }
+    });
 }
 
 impl Gateway {
@@ -133,21 +164,30 @@ impl Gateway {
         let recorder = Recorder::start(ledger, LEDGER_QUEUE, LEDGER_FLUSH_EVERY)
             .map_err(|e| format!("cannot start the ledger writer: {e}"))?;
         let metrics = Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?;
+        let server = &runtime.config.server.limits;
+        let per_minute = NonZeroU32::new(server.invalid_keys_per_minute).unwrap_or(NonZeroU32::MIN);
+        let guard = || BruteForceGuard::new(clock.clone(), per_minute, server.invalid_key_cooldown);
         let metering = Arc::new(Metering {
             limits: Box::new(limits),
             max_unflushed: runtime.config.storage.max_unflushed,
             recorder,
-            guard: BruteForceGuard::new(clock.clone()),
+            guard: guard(),
+            admin_guard: guard(),
             events: EventLog::default(),
             clock,
             metrics,
         });
+        spawn_pruner(&metering);
+        let body_budget = Arc::new(Semaphore::new(
+            usize::try_from(server.max_buffered_body_bytes).unwrap_or(Semaphore::MAX_PERMITS),
+        ));
         Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),
             config_path: None,
             reload_lock: std::sync::Mutex::new(()),
             client,
             metering,
+            body_budget,
         })
     }
 

@@ -234,9 +234,8 @@ async fn transfer_encoding_with_content_length_cannot_smuggle_a_request() {
     }
     let seen = s.mock.requests();
     assert!(
-        seen.iter()
-            .all(|r| r.path_and_query == "/chat/completions"
-                && r.body == with_cap(&body, 4096).as_bytes())
+        seen.iter().all(|r| r.path_and_query == "/chat/completions"
+            && r.body == with_cap(&body, 4096).as_bytes())
     );
 }
 

@@ -90,19 +90,15 @@ async fn counters_match_a_known_sequence_of_requests_and_promtool_accepts_them()
     let v =
         |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"));
     let ok = r#"keygate_requests_total{endpoint="/chat/completions",key="app",model="deepseek-chat",status="2xx"}"#;
-    // 2 plain + 1 stream + the 4th and 5th requests of the minute (RPM 5 with 1 refused by model).
-    assert_eq!(v(ok), 5.0);
-    assert_eq!(
-        v(
-            r#"keygate_requests_total{endpoint="/chat/completions",key="app",model="deepseek-chat",status="4xx"}"#
-        ),
-        1.0
-    );
+    // 2 plain + 1 stream + the 5th request of the minute: the request refused for its model
+    // counted against the RPM of 5 too, since a request counts before its body is read.
+    assert_eq!(v(ok), 4.0);
+    // The unconfigured model and the two refused by the RPM, before their bodies were read.
     assert_eq!(
         v(
             r#"keygate_requests_total{endpoint="/chat/completions",key="app",model="",status="4xx"}"#
         ),
-        1.0
+        3.0
     );
     assert_eq!(
         v(r#"keygate_requests_total{endpoint="unmatched",key="",model="",status="4xx"}"#),
@@ -110,19 +106,19 @@ async fn counters_match_a_known_sequence_of_requests_and_promtool_accepts_them()
     );
     assert_eq!(
         v(r#"keygate_tokens_total{key="app",kind="prompt",model="deepseek-chat"}"#),
-        20.0
+        16.0
     );
     assert_eq!(
         v(r#"keygate_tokens_total{key="app",kind="completion",model="deepseek-chat"}"#),
-        15.0
+        12.0
     );
     // 4 * $0.27/M + 3 * $1.10/M = 4.38 micro-dollars, rounded up to 5 per request.
     assert!(
-        (v(r#"keygate_cost_usd_total{key="app",model="deepseek-chat"}"#) - 25e-6).abs() < 1e-12
+        (v(r#"keygate_cost_usd_total{key="app",model="deepseek-chat"}"#) - 20e-6).abs() < 1e-12
     );
     assert_eq!(
         v(r#"keygate_rate_limited_total{key="app",limit="requests"}"#),
-        1.0
+        2.0
     );
     assert_eq!(
         v(r#"keygate_auth_failures_total{reason="unknown_key"}"#),
@@ -143,7 +139,7 @@ async fn counters_match_a_known_sequence_of_requests_and_promtool_accepts_them()
     );
     assert_eq!(
         v(r#"keygate_upstream_duration_seconds_count{endpoint="/chat/completions"}"#),
-        5.0
+        4.0
     );
     assert_eq!(
         v(r#"keygate_overhead_seconds_count{endpoint="/chat/completions"}"#),
@@ -155,7 +151,7 @@ async fn counters_match_a_known_sequence_of_requests_and_promtool_accepts_them()
     assert!(text.contains(
         r#"keygate_request_duration_seconds_bucket{endpoint="/chat/completions",le="600"}"#
     ));
-    assert!((v(r#"keygate_key_spend_usd{key="app"}"#) - 25e-6).abs() < 1e-12);
+    assert!((v(r#"keygate_key_spend_usd{key="app"}"#) - 20e-6).abs() < 1e-12);
     assert_eq!(
         v(r#"keygate_key_limit{key="app",kind="requests_per_minute"}"#),
         5.0
@@ -232,6 +228,8 @@ async fn health_and_readiness_explain_themselves() {
             .status,
         502
     );
+    // An unreachable upstream is a warning, not a failure: taking every replica out of the
+    // load balancer at once would not help. (The error rate fails on its own here.)
     let a = get(&gw.admin_url("/readyz"), None).await;
     assert_eq!(a.status, 503);
     let v = a.json();
@@ -240,7 +238,7 @@ async fn health_and_readiness_explain_themselves() {
             v["status"].as_str(),
             v["checks"]["upstream"]["status"].as_str()
         ),
-        (Some("fail"), Some("fail"))
+        (Some("fail"), Some("warning"))
     );
     assert_eq!(v["checks"]["upstream"]["reachable"], false);
     assert_eq!(v["checks"]["error_rate"]["server_errors"], 1);

@@ -48,7 +48,10 @@ async fn chat_completion_is_forwarded_with_the_upstream_key_and_returned_unchang
         );
         let body = r.body.clone();
         // The client set no cap, so keygate wrote the one it reserved into the body.
-        assert_eq!(body, with_cap(&chat("deepseek-chat").to_string(), 4096).as_bytes());
+        assert_eq!(
+            body,
+            with_cap(&chat("deepseek-chat").to_string(), 4096).as_bytes()
+        );
         assert!(!String::from_utf8_lossy(&body).contains(&key.secret));
         for (_, v) in r.headers.iter() {
             assert!(
@@ -242,7 +245,11 @@ async fn upstream_error_bodies_pass_through_only_when_they_concern_the_client() 
         let a = call(status).await;
         assert_eq!(a.status.as_u16(), expected, "{status}");
         assert_eq!(a.code(), "upstream_error", "{status}");
-        assert!(!a.text().contains(UPSTREAM_SECRET_TEXT), "{status}: {}", a.text());
+        assert!(
+            !a.text().contains(UPSTREAM_SECRET_TEXT),
+            "{status}: {}",
+            a.text()
+        );
         if status == "429" {
             assert_eq!(a.headers["retry-after"], "7");
         }

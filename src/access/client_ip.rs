@@ -64,33 +64,46 @@ pub fn parse_ip_or_cidr(s: &str) -> Result<IpNet, String> {
     })
 }
 
-/// Resolves the client address of one request.
-pub fn resolve(peer: SocketAddr, headers: &HeaderMap, trusted: &IpRules) -> IpAddr {
+/// A trusted proxy's `X-Forwarded-For` holds an entry that is not an address where keygate
+/// needed one: the request is refused rather than attributed to the proxy itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadForwardedFor;
+
+/// Resolves the client address of one request. Behind trusted proxies, `X-Forwarded-For` is
+/// read as bytes, entry by entry from the right, to the first hop that is not a trusted proxy.
+/// An entry on that walk that is not an address (a byte outside ASCII, a name, garbage) is an
+/// error: falling back to the proxy's own address would let a client borrow the proxy's rights
+/// or charge its failures to everyone behind it.
+pub fn resolve(
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    trusted: &IpRules,
+) -> Result<IpAddr, BadForwardedFor> {
     let peer = peer.ip().to_canonical();
     if !trusted.contains(peer) {
-        return peer;
+        return Ok(peer);
     }
     let mut nearest = peer;
     // Later headers were appended by nearer hops: walk headers and their entries right to left.
     for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
-        let Ok(text) = value.to_str() else {
-            return nearest;
-        };
-        for entry in text.rsplit(',') {
-            let Some(ip) = parse_hop(entry.trim()) else {
-                // A trusted hop wrote something we cannot read: nothing left of it is reliable.
-                return nearest;
-            };
+        for entry in value.as_bytes().rsplit(|&b| b == b',') {
+            let entry = entry.trim_ascii();
+            if entry.is_empty() {
+                // `a,,b` or a trailing comma: no hop was recorded there.
+                continue;
+            }
+            let ip = parse_hop(entry).ok_or(BadForwardedFor)?;
             if !trusted.contains(ip) {
-                return ip;
+                return Ok(ip);
             }
             nearest = ip;
         }
     }
-    nearest
+    Ok(nearest)
 }
 
-fn parse_hop(entry: &str) -> Option<IpAddr> {
+fn parse_hop(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?;
     entry
         .parse::<IpAddr>()
         .or_else(|_| entry.parse::<SocketAddr>().map(|sa| sa.ip()))
@@ -124,11 +137,11 @@ mod tests {
         let h = xff(&["1.2.3.4"]);
         assert_eq!(
             resolve(peer("203.0.113.9"), &h, &trusted),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
+            Ok("203.0.113.9".parse::<IpAddr>().unwrap())
         );
         assert_eq!(
             resolve(peer("203.0.113.9"), &h, &IpRules::default()),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
+            Ok("203.0.113.9".parse::<IpAddr>().unwrap())
         );
     }
 
@@ -138,20 +151,53 @@ mod tests {
         let h = xff(&["6.6.6.6, 198.51.100.7", "10.1.1.1"]);
         assert_eq!(
             resolve(peer("10.0.0.1"), &h, &trusted),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
+            Ok("198.51.100.7".parse::<IpAddr>().unwrap())
         );
     }
 
     #[test]
-    fn garbage_or_exhausted_chains_stop_at_the_nearest_trusted_hop() {
+    fn garbage_on_the_walk_is_an_error_and_an_exhausted_chain_stops_at_the_nearest_hop() {
         let trusted = rules(&["10.0.0.0/8"]);
         assert_eq!(
             resolve(peer("10.0.0.1"), &xff(&["evil, 10.0.0.2"]), &trusted),
-            "10.0.0.2".parse::<IpAddr>().unwrap()
+            Err(BadForwardedFor)
         );
         assert_eq!(
             resolve(peer("10.0.0.1"), &xff(&[]), &trusted),
-            "10.0.0.1".parse::<IpAddr>().unwrap()
+            Ok("10.0.0.1".parse::<IpAddr>().unwrap())
+        );
+        assert_eq!(
+            resolve(peer("10.0.0.1"), &xff(&["10.0.0.3,, 10.0.0.2,"]), &trusted),
+            Ok("10.0.0.3".parse::<IpAddr>().unwrap())
+        );
+        // Garbage beyond the first untrusted hop is never read.
+        assert_eq!(
+            resolve(peer("10.0.0.1"), &xff(&["evil, 198.51.100.7"]), &trusted),
+            Ok("198.51.100.7".parse::<IpAddr>().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_byte_above_0x7f_is_read_entry_by_entry() {
+        // nginx's $proxy_add_x_forwarded_for appends the real client to whatever it was sent.
+        let trusted = rules(&["10.0.0.0/8"]);
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\x80junk, 198.51.100.7").unwrap(),
+        );
+        assert_eq!(
+            resolve(peer("10.0.0.1"), &h, &trusted),
+            Ok("198.51.100.7".parse::<IpAddr>().unwrap())
+        );
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"198.51.100.7, \x80junk").unwrap(),
+        );
+        assert_eq!(
+            resolve(peer("10.0.0.1"), &h, &trusted),
+            Err(BadForwardedFor)
         );
     }
 
@@ -162,7 +208,7 @@ mod tests {
         let h = xff(&["::ffff:198.51.100.7"]);
         assert_eq!(
             resolve(peer("::ffff:10.0.0.1"), &h, &trusted),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
+            Ok("198.51.100.7".parse::<IpAddr>().unwrap())
         );
     }
 

@@ -164,6 +164,7 @@ async fn change<T: Send + 'static>(
             key_id: Some(Arc::from(key_id(&result))),
             client_ip: None,
             detail: None,
+            request_id: None,
         });
         Ok(result)
     });
@@ -352,7 +353,7 @@ pub async fn handle(
                     .events
                     .recent(limit)
                     .iter()
-                    .map(Event::to_json)
+                    .map(crate::events::Entry::to_json)
                     .collect();
                 Ok((StatusCode::OK, json!({"events": events})))
             }

@@ -1,27 +1,25 @@
-//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz` (the process is
-//! alive) and `GET /readyz` (config, ledger, upstream, limit utilization and error rate, each
-//! `pass`, `warning` or `fail`, with a JSON body that explains). Defaults to 127.0.0.1.
+//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz` and
+//! `GET /readyz` ([`health`]), and the token-protected admin API under `/admin/` ([`keys`],
+//! authenticated by [`auth`]). It answers only requests whose `Host` is allowed by
+//! `admin.allowed_hosts` (421 otherwise), so a web page in an operator's browser cannot read it
+//! through DNS rebinding. Defaults to 127.0.0.1:8090.
+
+mod auth;
+mod health;
+mod keys;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use sha2::Digest;
 
-use crate::metrics::unix_seconds;
 use crate::pipeline::body::ResponseBody;
 use crate::state::Gateway;
-use crate::usage::calendar;
-
-/// How long `/readyz` waits for a TCP connection to the upstream.
-const UPSTREAM_PROBE: Duration = Duration::from_secs(2);
-
-mod keys;
 
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -31,75 +29,56 @@ pub async fn handle(
     peer: std::net::SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let rt = gw.runtime();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+    if !host.is_some_and(|h| rt.config.admin.allowed_hosts.allows(h)) {
+        return Ok(error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected_request",
+            "This Host is not served here; add it to admin.allowed_hosts.",
+        ));
+    }
     let path = req.uri().path().to_owned();
     let response = match (req.method(), path.as_str()) {
-        (&Method::GET, "/metrics") => metrics(&gw),
+        (&Method::GET, "/metrics") => health::metrics(&gw),
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "pass"})),
-        (&Method::GET, "/readyz") => readyz(&gw).await,
+        (&Method::GET, "/readyz") => health::readyz(&gw).await,
         (_, p) if p.starts_with("/admin/") => admin_api(&gw, peer.ip().to_canonical(), req).await,
-        _ => json_response(
+        _ => error(
             StatusCode::NOT_FOUND,
-            &json!({"error": {"message": "Unknown admin route.", "type": "invalid_request_error", "code": "unknown_route"}}),
+            "unknown_route",
+            "Unknown admin route.",
         ),
     };
     Ok(response)
 }
 
-/// `/admin/*`: bearer token compared in constant time (as SHA-256 digests, so the comparison
-/// does not depend on the token's length either).
-/// Wrong tokens count toward the same brute-force guard as invalid API keys.
+/// `/admin/*`: the admin token as a bearer token.
 async fn admin_api(
     gw: &Arc<Gateway>,
-    client_ip: std::net::IpAddr,
+    client_ip: IpAddr,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let unauthorized = |why: &str| {
+    let rt = gw.runtime();
+    if let Err(denied) = auth::check(gw, &rt, req.headers(), client_ip, auth::Scheme::Bearer).await
+    {
+        let why = match denied {
+            auth::Denied::Disabled => {
+                "The admin API is disabled: set the variable named by admin.token_env."
+            }
+            auth::Denied::WrongToken => "Missing or wrong admin token.",
+        };
         let mut r = json_response(
             StatusCode::UNAUTHORIZED,
             &json!({"error": {"message": why, "type": "authentication_error", "code": "invalid_admin_token"}}),
         );
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        r
-    };
-    let rt = gw.runtime();
-    let guard = &gw.metering.guard;
-    if guard.blocked(client_ip).is_some() {
-        return unauthorized("Too many wrong admin tokens from your address; try again later.");
-    }
-    let Some(expected) = rt.admin_token else {
-        return unauthorized(
-            "The admin API is disabled: set the variable named by admin.token_env.",
-        );
-    };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.get(..7)
-                .filter(|s| s.eq_ignore_ascii_case("bearer "))
-                .map(|_| &v[7..])
-        })
-        .map(|t| <[u8; 32]>::from(sha2::Sha256::digest(t.trim().as_bytes())));
-    let ok =
-        presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(&p[..], &expected[..])));
-    if !ok {
-        let limits = &rt.config.server.limits;
-        guard.record_invalid(
-            client_ip,
-            limits.invalid_keys_per_minute,
-            limits.invalid_key_cooldown,
-        );
-        gw.metering.events.record(crate::events::Event {
-            time: std::time::SystemTime::now(),
-            kind: crate::events::EventKind::Unauthorized,
-            reason: "invalid_admin_token",
-            key_id: None,
-            client_ip: Some(client_ip),
-            detail: None,
-        });
-        return unauthorized("Missing or wrong admin token.");
+        return r;
     }
     let (parts, body) = req.into_parts();
     let body = match http_body_util::Limited::new(body, MAX_ADMIN_BODY)
@@ -108,9 +87,10 @@ async fn admin_api(
     {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return json_response(
+            return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &json!({"error": {"message": "body too large", "code": "request_too_large"}}),
+                "request_too_large",
+                "body too large",
             );
         }
     };
@@ -125,6 +105,13 @@ async fn admin_api(
     json_response(status, &value)
 }
 
+fn error(status: StatusCode, code: &str, message: &str) -> Response<ResponseBody> {
+    json_response(
+        status,
+        &json!({"error": {"message": message, "type": "invalid_request_error", "code": code}}),
+    )
+}
+
 fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
     *r.status_mut() = status;
@@ -133,203 +120,4 @@ fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
         HeaderValue::from_static("application/json"),
     );
     r
-}
-
-/// Sets the gauges that describe keys from the current config and limit state; keys no longer
-/// configured disappear from them.
-fn refresh_gauges(gw: &Gateway) {
-    let rt = gw.runtime();
-    let metering = &gw.metering;
-    let m = &metering.metrics;
-    let month = calendar::month_index(metering.clock.now_utc());
-    m.key_spend.reset();
-    m.key_limit.reset();
-    m.key_expiry.reset();
-    m.key_info.reset();
-    m.upstream_key_configured
-        .set(i64::from(rt.upstream_auth.is_some()));
-    for key in &rt.config.keys {
-        let id = &*key.id;
-        m.key_info
-            .with_label_values(&[id, &key.name, key.environment.name()])
-            .set(1.0);
-        m.key_spend
-            .with_label_values(&[id])
-            .set(metering.limits.month_spend(id, month) as f64 / 1e6);
-        let l = &key.limits;
-        let limits = [
-            (
-                "requests_per_minute",
-                l.requests_per_minute.map(|n| f64::from(n.get())),
-            ),
-            (
-                "tokens_per_minute",
-                l.tokens_per_minute.map(|n| f64::from(n.get())),
-            ),
-            (
-                "monthly_spend_usd",
-                l.monthly_spend_micros.map(|n| n as f64 / 1e6),
-            ),
-            (
-                "max_concurrent_requests",
-                l.max_concurrent_requests.map(|n| f64::from(n.get())),
-            ),
-        ];
-        for (kind, value) in limits {
-            if let Some(v) = value {
-                m.key_limit.with_label_values(&[id, kind]).set(v);
-            }
-        }
-        if let Some(expires) = key.expires {
-            m.key_expiry
-                .with_label_values(&[id])
-                .set(unix_seconds(expires));
-        }
-    }
-    m.ledger_flush_lag
-        .set(metering.recorder.unflushed_for().as_secs_f64());
-    m.sync_ledger_dropped(metering.recorder.dropped());
-}
-
-fn metrics(gw: &Gateway) -> Response<ResponseBody> {
-    refresh_gauges(gw);
-    let rt = gw.runtime();
-    let ids: std::collections::HashSet<&str> = rt.config.keys.iter().map(|k| &*k.id).collect();
-    let configured = |id: &str| ids.contains(id);
-    match gw.metering.metrics.encode(configured) {
-        Ok(text) => {
-            let mut r = Response::new(ResponseBody::full(Bytes::from(text)));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
-        Err(e) => json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &json!({"status": "fail", "error": e.to_string()}),
-        ),
-    }
-}
-
-fn check(status: &str, detail: Value) -> Value {
-    let mut v = json!({"status": status});
-    if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), detail) {
-        obj.extend(extra);
-    }
-    v
-}
-
-async fn readyz(gw: &Gateway) -> Response<ResponseBody> {
-    let rt = gw.runtime();
-    let metering = &gw.metering;
-    let config = check(
-        "pass",
-        json!({"keys": rt.config.keys.len(), "models": rt.config.models.iter().count()}),
-    );
-
-    let lag = metering.recorder.unflushed_for();
-    let dropped = metering.recorder.dropped();
-    // Past max_unflushed, keys with a budget are refused: this replica cannot serve them.
-    let ledger_status = if lag > rt.config.storage.max_unflushed {
-        "fail"
-    } else if !lag.is_zero() || dropped > 0 {
-        "warning"
-    } else {
-        "pass"
-    };
-    let ledger = check(
-        ledger_status,
-        json!({"path": rt.config.storage.path.display().to_string(), "seconds_unflushed": lag.as_secs_f64(), "max_unflushed_seconds": rt.config.storage.max_unflushed.as_secs_f64(), "dropped_events": dropped}),
-    );
-
-    let upstream_cfg = &rt.config.upstream;
-    let host = upstream_cfg.authority.host().to_owned();
-    let port = upstream_cfg.authority.port_u16().unwrap_or(
-        if upstream_cfg.scheme == http::uri::Scheme::HTTPS {
-            443
-        } else {
-            80
-        },
-    );
-    let probe = tokio::time::timeout(
-        UPSTREAM_PROBE,
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await;
-    let upstream = match (probe, rt.upstream_auth.is_some()) {
-        (Ok(Ok(_)), true) => check("pass", json!({"reachable": true})),
-        (Ok(Ok(_)), false) => check(
-            "fail",
-            json!({"reachable": true, "detail": format!("${} (upstream.api_key_env) is not set", upstream_cfg.api_key_env)}),
-        ),
-        (Ok(Err(e)), _) => check("fail", json!({"reachable": false, "detail": e.to_string()})),
-        (Err(_), _) => check(
-            "fail",
-            json!({"reachable": false, "detail": "connect timed out"}),
-        ),
-    };
-
-    let mut busiest: Option<(f64, &str, &str)> = None;
-    for key in &rt.config.keys {
-        let w = metering.limits.windows(&key.id);
-        for (kind, window) in [("requests", w.requests), ("tokens", w.tokens)] {
-            if let Some(w) = window {
-                let used = 1.0 - w.remaining as f64 / (w.limit.max(1)) as f64;
-                if busiest.is_none_or(|(u, _, _)| used > u) {
-                    busiest = Some((used, &key.id, kind));
-                }
-            }
-        }
-    }
-    let utilization = match busiest {
-        Some((used, key, kind)) => check(
-            if used >= 0.8 { "warning" } else { "pass" },
-            json!({"max_utilization": used, "key": key, "limit": kind}),
-        ),
-        None => check("pass", json!({"max_utilization": 0.0})),
-    };
-
-    let (total, errors) = metering.metrics.recent.totals();
-    let ratio = if total == 0 {
-        0.0
-    } else {
-        errors as f64 / total as f64
-    };
-    let error_status = if ratio > 0.25 {
-        "fail"
-    } else if ratio > 0.05 {
-        "warning"
-    } else {
-        "pass"
-    };
-    let error_rate = check(
-        error_status,
-        json!({"window_seconds": 300, "requests": total, "server_errors": errors, "ratio": ratio}),
-    );
-
-    let checks = json!({
-        "config": config,
-        "ledger": ledger,
-        "upstream": upstream,
-        "rate_limit_utilization": utilization,
-        "error_rate": error_rate,
-    });
-    let statuses: Vec<&str> = checks
-        .as_object()
-        .map(|o| o.values().filter_map(|c| c["status"].as_str()).collect())
-        .unwrap_or_default();
-    let overall = if statuses.contains(&"fail") {
-        "fail"
-    } else if statuses.contains(&"warning") {
-        "warning"
-    } else {
-        "pass"
-    };
-    let code = if overall == "fail" {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    json_response(code, &json!({"status": overall, "checks": checks}))
 }

@@ -59,7 +59,9 @@ pub fn run(command: KeysCommand) -> ExitCode {
             grace,
             json,
         } => rotate(&config.config, &id, &grace, json),
-        KeysCommand::Diagnose { key, config } => diagnose(&config.config, &key),
+        KeysCommand::Diagnose { key, config } => {
+            read_key(key).and_then(|key| diagnose(&config.config, &key))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -326,6 +328,18 @@ fn live_windows(config: &Config, id: &str) -> Option<crate::limits::RateHeaders>
         requests: w.get("requests").and_then(window),
         tokens: w.get("tokens").and_then(window),
     })
+}
+
+/// The key to diagnose: as given, or read from standard input when given as `-`.
+fn read_key(arg: String) -> Result<String, String> {
+    if arg != "-" {
+        return Ok(arg);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
+    Ok(line.trim().to_owned())
 }
 
 /// The seed's troubleshooting in one command.

@@ -173,6 +173,8 @@ pub enum KeysCommand {
     },
     /// Why would this key be refused right now, and what to do about it.
     Diagnose {
+        /// The key, or `-` to read it from standard input (a key on the command line shows
+        /// in `ps` and in shell history).
         key: String,
         #[command(flatten)]
         config: ConfigArg,

@@ -51,9 +51,10 @@ pub fn run(path: &Path) -> ExitCode {
 }
 
 async fn serve(path: &Path) -> (ExitCode, Option<Arc<Gateway>>) {
-    // One name for the file, whatever symlink or relative path it was given by, so the
-    // watcher, the admin API and the CLI all lock and replace the same file.
-    let path = &std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    // The path as given, not its target: a Kubernetes ConfigMap update swaps the `..data`
+    // symlink and deletes the old target, so only the given path follows it. (Edits lock
+    // and replace the real file: config::edit resolves it.)
+    let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     let hup = crate::reload::hangup_signal();
     let loaded = crate::reload::stamp(path);
     let config = match crate::config::load(path) {

@@ -41,6 +41,8 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
     pub invalid_keys_per_minute: Option<u64>,
     pub invalid_key_cooldown: Option<String>,
+    pub max_buffered_body_bytes: Option<u64>,
+    pub client_write_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +50,7 @@ pub struct RawServer {
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub token_env: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +61,8 @@ pub struct RawUpstream {
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -60,6 +60,10 @@ pub struct ServerLimits {
     pub invalid_keys_per_minute: u32,
     /// How long such an address is then refused before any key lookup.
     pub invalid_key_cooldown: Duration,
+    /// Request body bytes all requests together may hold buffered; past it, 503.
+    pub max_buffered_body_bytes: u64,
+    /// How long a client may read nothing while keygate has bytes for it, before it is cut.
+    pub client_write_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -76,6 +80,8 @@ impl Default for ServerLimits {
             shutdown_grace: Duration::from_secs(30),
             invalid_keys_per_minute: 20,
             invalid_key_cooldown: Duration::from_secs(300),
+            max_buffered_body_bytes: 256 * 1024 * 1024,
+            client_write_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -84,6 +90,53 @@ impl Default for ServerLimits {
 pub struct Admin {
     pub listen: SocketAddr,
     pub token_env: String,
+    /// `Host` values the admin listener answers; others get 421, so a web page cannot read
+    /// it through DNS rebinding.
+    pub allowed_hosts: AllowedHosts,
+}
+
+/// The `Host` values an admin listener answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedHosts {
+    /// Loopback names and IP literals (the default).
+    LoopbackAndLiterals,
+    /// These names (lowercase, without port), plus IP literals.
+    Names(Vec<String>),
+}
+
+impl AllowedHosts {
+    /// Whether a request's `Host` header (name or literal, with an optional port) is allowed.
+    pub fn allows(&self, host: &[u8]) -> bool {
+        let Ok(host) = std::str::from_utf8(host) else {
+            return false;
+        };
+        let name = match host.strip_prefix('[') {
+            // An IPv6 literal.
+            Some(rest) => {
+                return rest.split_once(']').is_some_and(|(ip, port)| {
+                    ip.parse::<std::net::Ipv6Addr>().is_ok()
+                        && (port.is_empty() || port.strip_prefix(':').is_some_and(is_port))
+                });
+            }
+            None => match host.rsplit_once(':') {
+                Some((name, port)) if is_port(port) => name,
+                Some(_) => return false,
+                None => host,
+            },
+        };
+        if name.parse::<std::net::Ipv4Addr>().is_ok() {
+            return true;
+        }
+        let name = name.trim_end_matches('.');
+        match self {
+            AllowedHosts::LoopbackAndLiterals => name.eq_ignore_ascii_case("localhost"),
+            AllowedHosts::Names(names) => names.iter().any(|n| n.eq_ignore_ascii_case(name)),
+        }
+    }
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[derive(Debug)]
@@ -96,6 +149,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    /// `http://` to a host other than loopback was allowed explicitly.
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug)]

@@ -13,8 +13,8 @@ use http::uri::Scheme;
 
 use super::file::{RawConfig, RawEnvironment, RawKey, RawLimits, RawServer, RawUpstream};
 use super::{
-    Admin, Config, ConfigError, Environment, KeyPolicy, Limits, Model, Models, PreviousSecret,
-    Price, Server, ServerLimits, Storage, TlsFiles, Upstream,
+    Admin, AllowedHosts, Config, ConfigError, Environment, KeyPolicy, Limits, Model, Models,
+    PreviousSecret, Price, Server, ServerLimits, Storage, TlsFiles, Upstream,
 };
 use crate::access::{IpRules, ReferrerRules, Scope, ScopeSet, parse_ip_or_cidr};
 use crate::auth::KeyDigest;
@@ -52,6 +52,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             .admin
             .token_env
             .unwrap_or_else(|| "KEYGATE_ADMIN_TOKEN".to_owned()),
+        allowed_hosts: allowed_hosts(raw.admin.allowed_hosts.as_deref(), &mut p),
     };
     let upstream = upstream(&raw.upstream, &mut p);
     let storage = Storage {
@@ -270,6 +271,20 @@ fn server(raw: &RawServer, base: &Path, p: &mut Problems) -> Option<Server> {
             &raw.invalid_key_cooldown,
             d.invalid_key_cooldown,
         ),
+        max_buffered_body_bytes: bounded(
+            p,
+            "server.max_buffered_body_bytes",
+            raw.max_buffered_body_bytes,
+            usize::try_from(d.max_buffered_body_bytes).unwrap_or(usize::MAX),
+            1024,
+            1 << 40,
+        ) as u64,
+        client_write_timeout: duration(
+            p,
+            "server.client_write_timeout",
+            &raw.client_write_timeout,
+            d.client_write_timeout,
+        ),
     };
     Some(Server {
         listen: listen?,
@@ -303,6 +318,16 @@ fn upstream(raw: &RawUpstream, p: &mut Problems) -> Option<Upstream> {
         Duration::from_secs(120),
     );
     let (scheme, authority, base_path) = url?;
+    if scheme == Scheme::HTTP && !raw.allow_plaintext && !is_loopback_host(authority.host()) {
+        p.add(
+            "upstream.url",
+            format!(
+                "http:// to {} would send the real upstream key in clear text; use https://, or set upstream.allow_plaintext = true if the network path is private",
+                authority.host()
+            ),
+        );
+        return None;
+    }
     Some(Upstream {
         scheme,
         authority,
@@ -311,7 +336,40 @@ fn upstream(raw: &RawUpstream, p: &mut Problems) -> Option<Upstream> {
         connect_timeout,
         first_byte_timeout,
         idle_timeout,
+        allow_plaintext: raw.allow_plaintext,
     })
+}
+
+/// `localhost`, or an address in 127.0.0.0/8 or `::1`.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+fn allowed_hosts(raw: Option<&[String]>, p: &mut Problems) -> AllowedHosts {
+    let Some(list) = raw else {
+        return AllowedHosts::LoopbackAndLiterals;
+    };
+    let mut names = Vec::with_capacity(list.len());
+    for (i, name) in list.iter().enumerate() {
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if valid {
+            names.push(name.to_ascii_lowercase());
+        } else {
+            p.add(
+                format!("admin.allowed_hosts[{i}]"),
+                format!("{name:?} is not a host name (IP literals are always allowed; give names without port)"),
+            );
+        }
+    }
+    AllowedHosts::Names(names)
 }
 
 fn upstream_url(s: &str) -> Result<(Scheme, http::uri::Authority, String), String> {

@@ -10,6 +10,6 @@ pub mod store;
 
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use store::{
-    Admission, AdmitRequest, BudgetShortfall, LimitRefusal, LimitStore, MemoryStore, RateHeaders,
-    Window,
+    Admission, AdmitRequest, BudgetShortfall, ConcurrencySlot, Entry, LimitRefusal, LimitStore,
+    MemoryStore, RateHeaders, Window,
 };

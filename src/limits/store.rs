@@ -26,16 +26,38 @@ pub struct RateHeaders {
     pub tokens: Option<Window>,
 }
 
-/// What one request asks to reserve.
+/// What one request asks to reserve once its body is read.
 pub struct AdmitRequest<'a> {
-    pub key_id: &'a Arc<str>,
     pub limits: &'a Limits,
     /// Estimated prompt tokens plus the completion cap.
     pub tokens: u64,
-    /// Worst-case cost of those tokens, in micro-dollars.
+    /// Worst-case cost of the request, in micro-dollars.
     pub cost_micros: u64,
     /// UTC calendar month of the request's start, as `year * 12 + month - 1`.
     pub month: u32,
+}
+
+/// A request's place among its key's concurrent requests, held from before its body is read
+/// until it settles (or is refused); dropping it frees the place.
+#[derive(Debug)]
+pub struct ConcurrencySlot {
+    state: Arc<KeyState>,
+}
+
+impl Drop for ConcurrencySlot {
+    fn drop(&mut self) {
+        self.state.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request admitted before its body was read: it holds a concurrency slot (if the key
+/// limits concurrency) and has taken one request from the key's requests-per-minute bucket.
+#[derive(Debug)]
+pub struct Entry {
+    key_id: Arc<str>,
+    slot: Option<ConcurrencySlot>,
+    /// The requests window after this request was counted.
+    requests: Option<Window>,
 }
 
 /// A granted reservation; hand it back to [`LimitStore::settle`] exactly once.
@@ -45,7 +67,8 @@ pub struct Admission {
     tokens: u64,
     cost_micros: u64,
     month: u32,
-    holds_concurrency_slot: bool,
+    /// Released when the admission is settled (or dropped).
+    _slot: Option<ConcurrencySlot>,
     pub headers: RateHeaders,
 }
 
@@ -91,9 +114,16 @@ impl BudgetShortfall {
     }
 }
 
+/// Where per-key limits live. Admission has two steps: [`enter`](LimitStore::enter) before
+/// the body is read (a concurrency slot and one request per minute, which cost nothing to
+/// check, so a key's limits also bound how many bodies it can make keygate buffer), then
+/// [`reserve`](LimitStore::reserve) once the body has said how many tokens and how much money
+/// the request may use.
 pub trait LimitStore: Send + Sync {
-    /// Checks every limit and, only if all pass, reserves against all of them.
-    fn admit(&self, req: AdmitRequest<'_>) -> Result<Admission, LimitRefusal>;
+    /// Takes a concurrency slot and one request from the requests-per-minute bucket.
+    fn enter(&self, key_id: &Arc<str>, limits: &Limits) -> Result<Entry, LimitRefusal>;
+    /// Checks the token and money limits and, only if both pass, reserves against both.
+    fn reserve(&self, entry: Entry, req: AdmitRequest<'_>) -> Result<Admission, LimitRefusal>;
     /// Replaces the reservation by what the request really used.
     fn settle(&self, admission: Admission, tokens_used: u64, cost_micros: u64);
     /// Sets a key's settled spend for `month` (at start-up, from the ledger).
@@ -113,10 +143,20 @@ struct Counters {
     reserved: u64,
 }
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct KeyState {
     counters: Mutex<Counters>,
     inflight: AtomicU32,
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters")
+            .field("month", &self.month)
+            .field("spent", &self.spent)
+            .field("reserved", &self.reserved)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The in-process backend.
@@ -159,146 +199,162 @@ fn window(bucket: &mut Option<TokenBucket>, now: u64) -> Option<Window> {
     })
 }
 
+fn lock(state: &KeyState) -> std::sync::MutexGuard<'_, Counters> {
+    state
+        .counters
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
 impl LimitStore for MemoryStore {
-    fn admit(&self, req: AdmitRequest<'_>) -> Result<Admission, LimitRefusal> {
-        let state = self.state(req.key_id);
-        let holds_slot = match req.limits.max_concurrent_requests {
+    fn enter(&self, key_id: &Arc<str>, limits: &Limits) -> Result<Entry, LimitRefusal> {
+        let needs_state =
+            limits.max_concurrent_requests.is_some() || limits.requests_per_minute.is_some();
+        if !needs_state {
+            return Ok(Entry {
+                key_id: key_id.clone(),
+                slot: None,
+                requests: None,
+            });
+        }
+        let state = self.state(key_id);
+        let slot = match limits.max_concurrent_requests {
             Some(max) => {
                 if state.inflight.fetch_add(1, Ordering::AcqRel) >= max.get() {
                     state.inflight.fetch_sub(1, Ordering::AcqRel);
                     return Err(LimitRefusal::Concurrency);
                 }
-                true
+                Some(ConcurrencySlot {
+                    state: state.clone(),
+                })
             }
-            None => false,
+            None => None,
         };
-        let release = |state: &KeyState| {
-            if holds_slot {
-                state.inflight.fetch_sub(1, Ordering::AcqRel);
-            }
-        };
-        let now = self.clock.now_nanos();
-        let mut c = state
-            .counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        sync_bucket(
-            &mut c.requests,
-            req.limits.requests_per_minute.map(|n| u64::from(n.get())),
-            now,
-        );
-        sync_bucket(
-            &mut c.tokens,
-            req.limits.tokens_per_minute.map(|n| u64::from(n.get())),
-            now,
-        );
-        if req.month > c.month {
-            c.month = req.month;
-            c.spent = 0;
-        }
-
-        let mut refusal = None;
-        if let Some(Err(short)) = c.requests.as_mut().map(|b| b.check(1, now)) {
-            let retry_after = match short {
-                Shortfall::Wait(d) => d,
-                Shortfall::NeverFits => Duration::from_secs(60),
-            };
-            refusal = Some(LimitRefusal::Requests {
-                retry_after,
-                headers: RateHeaders::default(),
-            });
-        } else if let Some(Err(short)) = c.tokens.as_mut().map(|b| b.check(req.tokens, now)) {
-            let headers = RateHeaders::default();
-            refusal = Some(match short {
-                Shortfall::Wait(retry_after) => LimitRefusal::Tokens {
+        let mut requests = None;
+        if let Some(rpm) = limits.requests_per_minute {
+            let now = self.clock.now_nanos();
+            let mut c = lock(&state);
+            sync_bucket(&mut c.requests, Some(u64::from(rpm.get())), now);
+            if let Some(Err(short)) = c.requests.as_mut().map(|b| b.check(1, now)) {
+                let retry_after = match short {
+                    Shortfall::Wait(d) => d,
+                    Shortfall::NeverFits => Duration::from_secs(60),
+                };
+                let headers = RateHeaders {
+                    requests: window(&mut c.requests, now),
+                    tokens: window(&mut c.tokens, now),
+                };
+                // The slot (if any) is released as it goes out of scope.
+                return Err(LimitRefusal::Requests {
                     retry_after,
                     headers,
-                },
-                Shortfall::NeverFits => LimitRefusal::TokensNeverFit { headers },
-            });
-        } else if let Some(budget) = req.limits.monthly_spend_micros
-            && c.spent
-                .saturating_add(c.reserved)
-                .saturating_add(req.cost_micros)
-                > budget
-        {
-            refusal = Some(LimitRefusal::Budget(BudgetShortfall {
-                budget,
-                spent: c.spent,
-                in_flight: c.reserved,
-                request: req.cost_micros,
-            }));
-        }
-        if let Some(mut refusal) = refusal {
-            let current = RateHeaders {
-                requests: window(&mut c.requests, now),
-                tokens: window(&mut c.tokens, now),
-            };
-            match &mut refusal {
-                LimitRefusal::Requests { headers, .. }
-                | LimitRefusal::Tokens { headers, .. }
-                | LimitRefusal::TokensNeverFit { headers } => *headers = current,
-                LimitRefusal::Concurrency | LimitRefusal::Budget(_) => {}
+                });
             }
-            drop(c);
-            release(&state);
-            return Err(refusal);
+            if let Some(b) = c.requests.as_mut() {
+                b.take(1, now);
+            }
+            requests = window(&mut c.requests, now);
         }
+        Ok(Entry {
+            key_id: key_id.clone(),
+            slot,
+            requests,
+        })
+    }
 
-        if let Some(b) = c.requests.as_mut() {
-            b.take(1, now);
+    fn reserve(&self, entry: Entry, req: AdmitRequest<'_>) -> Result<Admission, LimitRefusal> {
+        let Entry {
+            key_id,
+            slot,
+            requests,
+        } = entry;
+        let wants_tokens = req.limits.tokens_per_minute.is_some();
+        let wants_money = req.limits.monthly_spend_micros.is_some() || req.cost_micros > 0;
+        let mut tokens_window = None;
+        if wants_tokens || wants_money {
+            let state = self.state(&key_id);
+            let now = self.clock.now_nanos();
+            let mut c = lock(&state);
+            sync_bucket(
+                &mut c.tokens,
+                req.limits.tokens_per_minute.map(|n| u64::from(n.get())),
+                now,
+            );
+            if req.month > c.month {
+                c.month = req.month;
+                c.spent = 0;
+            }
+            if let Some(Err(short)) = c.tokens.as_mut().map(|b| b.check(req.tokens, now)) {
+                let headers = RateHeaders {
+                    requests,
+                    tokens: window(&mut c.tokens, now),
+                };
+                return Err(match short {
+                    Shortfall::Wait(retry_after) => LimitRefusal::Tokens {
+                        retry_after,
+                        headers,
+                    },
+                    Shortfall::NeverFits => LimitRefusal::TokensNeverFit { headers },
+                });
+            }
+            if let Some(budget) = req.limits.monthly_spend_micros
+                && c.spent
+                    .saturating_add(c.reserved)
+                    .saturating_add(req.cost_micros)
+                    > budget
+            {
+                return Err(LimitRefusal::Budget(BudgetShortfall {
+                    budget,
+                    spent: c.spent,
+                    in_flight: c.reserved,
+                    request: req.cost_micros,
+                }));
+            }
+            if let Some(b) = c.tokens.as_mut() {
+                b.take(req.tokens, now);
+            }
+            c.reserved = c.reserved.saturating_add(req.cost_micros);
+            tokens_window = window(&mut c.tokens, now);
         }
-        if let Some(b) = c.tokens.as_mut() {
-            b.take(req.tokens, now);
-        }
-        c.reserved = c.reserved.saturating_add(req.cost_micros);
-        let headers = RateHeaders {
-            requests: window(&mut c.requests, now),
-            tokens: window(&mut c.tokens, now),
-        };
         Ok(Admission {
-            key_id: req.key_id.clone(),
+            key_id,
             tokens: req.tokens,
             cost_micros: req.cost_micros,
             month: req.month,
-            holds_concurrency_slot: holds_slot,
-            headers,
+            _slot: slot,
+            headers: RateHeaders {
+                requests,
+                tokens: tokens_window,
+            },
         })
     }
 
     fn settle(&self, admission: Admission, tokens_used: u64, cost_micros: u64) {
         let state = self.state(&admission.key_id);
         let now = self.clock.now_nanos();
-        {
-            let mut c = state
-                .counters
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(b) = c.tokens.as_mut() {
-                let refund = i128::from(admission.tokens) - i128::from(tokens_used);
-                b.adjust(
-                    i64::try_from(refund).unwrap_or(if refund < 0 { i64::MIN } else { i64::MAX }),
-                    now,
-                );
-            }
-            c.reserved = c.reserved.saturating_sub(admission.cost_micros);
-            // A request is charged to the month it started in; once the store has moved on to
-            // a later month, the earlier month's spend lives only in the ledger.
-            if admission.month == c.month {
-                c.spent = c.spent.saturating_add(cost_micros);
-            }
+        let mut c = lock(&state);
+        if let Some(b) = c.tokens.as_mut() {
+            let refund = i128::from(admission.tokens) - i128::from(tokens_used);
+            b.adjust(
+                i64::try_from(refund).unwrap_or(if refund < 0 { i64::MIN } else { i64::MAX }),
+                now,
+            );
         }
-        if admission.holds_concurrency_slot {
-            state.inflight.fetch_sub(1, Ordering::AcqRel);
+        c.reserved = c.reserved.saturating_sub(admission.cost_micros);
+        // A request is charged to the month it started in; once the store has moved on to a
+        // later month, the earlier month's spend lives only in the ledger.
+        if admission.month == c.month {
+            c.spent = c.spent.saturating_add(cost_micros);
+        } else if admission.month > c.month {
+            c.month = admission.month;
+            c.spent = cost_micros;
         }
+        // The concurrency slot is released as the admission is dropped here.
     }
 
     fn seed_spend(&self, key_id: &Arc<str>, month: u32, spent_micros: u64) {
         let state = self.state(key_id);
-        let mut c = state
-            .counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut c = lock(&state);
         if month >= c.month {
             c.month = month;
             c.spent = spent_micros;
@@ -310,10 +366,7 @@ impl LimitStore for MemoryStore {
             return RateHeaders::default();
         };
         let now = self.clock.now_nanos();
-        let mut c = state
-            .counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut c = lock(&state);
         RateHeaders {
             requests: window(&mut c.requests, now),
             tokens: window(&mut c.tokens, now),
@@ -322,7 +375,7 @@ impl LimitStore for MemoryStore {
 
     fn month_spend(&self, key_id: &str, month: u32) -> u64 {
         self.keys.get(key_id).map_or(0, |s| {
-            let c = s.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            let c = lock(&s);
             if c.month == month { c.spent } else { 0 }
         })
     }
@@ -356,14 +409,35 @@ mod tests {
         (clock.clone(), MemoryStore::new(clock), Arc::from("k"))
     }
 
-    fn req<'a>(key: &'a Arc<str>, l: &'a Limits, tokens: u64, cost: u64) -> AdmitRequest<'a> {
-        AdmitRequest {
-            key_id: key,
-            limits: l,
-            tokens,
-            cost_micros: cost,
-            month: 100,
-        }
+    /// Both admission steps at once, as a request without a body would take them.
+    fn admit(
+        store: &MemoryStore,
+        key: &Arc<str>,
+        l: &Limits,
+        tokens: u64,
+        cost: u64,
+    ) -> Result<Admission, LimitRefusal> {
+        admit_in(store, key, l, tokens, cost, 100)
+    }
+
+    fn admit_in(
+        store: &MemoryStore,
+        key: &Arc<str>,
+        l: &Limits,
+        tokens: u64,
+        cost: u64,
+        month: u32,
+    ) -> Result<Admission, LimitRefusal> {
+        let entry = store.enter(key, l)?;
+        store.reserve(
+            entry,
+            AdmitRequest {
+                limits: l,
+                tokens,
+                cost_micros: cost,
+                month,
+            },
+        )
     }
 
     #[test]
@@ -371,13 +445,13 @@ mod tests {
         let (clock, store, key) = setup();
         let l = limits(Some(10), None, None, None);
         let admitted = (0..200)
-            .filter_map(|_| store.admit(req(&key, &l, 0, 0)).ok())
+            .filter_map(|_| admit(&store, &key, &l, 0, 0).ok())
             .count();
         assert_eq!(admitted, 10);
         let Err(LimitRefusal::Requests {
             retry_after,
             headers,
-        }) = store.admit(req(&key, &l, 0, 0))
+        }) = admit(&store, &key, &l, 0, 0)
         else {
             panic!()
         };
@@ -387,32 +461,32 @@ mod tests {
             Some((10, 0))
         );
         clock.advance(Duration::from_secs(6));
-        assert!(store.admit(req(&key, &l, 0, 0)).is_ok());
+        assert!(admit(&store, &key, &l, 0, 0).is_ok());
     }
 
     #[test]
     fn tokens_reserve_then_settle_with_refund_and_debt() {
         let (clock, store, key) = setup();
         let l = limits(None, Some(1000), None, None);
-        let a = store.admit(req(&key, &l, 600, 0)).unwrap();
+        let a = admit(&store, &key, &l, 600, 0).unwrap();
         assert_eq!(a.headers.tokens.unwrap().remaining, 400);
         assert!(matches!(
-            store.admit(req(&key, &l, 500, 0)),
+            admit(&store, &key, &l, 500, 0),
             Err(LimitRefusal::Tokens { .. })
         ));
         store.settle(a, 100, 0); // used far less than reserved: refund 500
-        let b = store.admit(req(&key, &l, 800, 0)).unwrap();
+        let b = admit(&store, &key, &l, 800, 0).unwrap();
         // Used far more: 900 - 800 - 1200 would be a debt of 1100, but a debt is never deeper
         // than one window (1000).
         store.settle(b, 2000, 0);
-        let Err(LimitRefusal::Tokens { retry_after, .. }) = store.admit(req(&key, &l, 1, 0)) else {
+        let Err(LimitRefusal::Tokens { retry_after, .. }) = admit(&store, &key, &l, 1, 0) else {
             panic!()
         };
         assert_eq!(retry_after, Duration::from_millis(60_060));
         clock.advance(Duration::from_secs(61));
-        assert!(store.admit(req(&key, &l, 1, 0)).is_ok());
+        assert!(admit(&store, &key, &l, 1, 0).is_ok());
         assert!(matches!(
-            store.admit(req(&key, &l, 1001, 0)),
+            admit(&store, &key, &l, 1001, 0),
             Err(LimitRefusal::TokensNeverFit { .. })
         ));
     }
@@ -422,16 +496,16 @@ mod tests {
         let (_, store, key) = setup();
         let l = limits(None, None, Some(1_000_000), None);
         let held: Vec<_> = (0..50)
-            .filter_map(|_| store.admit(req(&key, &l, 0, 300_000)).ok())
+            .filter_map(|_| admit(&store, &key, &l, 0, 300_000).ok())
             .collect();
         assert_eq!(held.len(), 3);
         for a in held {
             store.settle(a, 0, 250_000);
         }
         assert_eq!(store.month_spend("k", 100), 750_000);
-        assert!(store.admit(req(&key, &l, 0, 250_000)).is_ok());
+        assert!(admit(&store, &key, &l, 0, 250_000).is_ok());
         assert_eq!(
-            store.admit(req(&key, &l, 0, 1)).unwrap_err(),
+            admit(&store, &key, &l, 0, 1).unwrap_err(),
             LimitRefusal::Budget(BudgetShortfall {
                 budget: 1_000_000,
                 spent: 750_000,
@@ -445,13 +519,8 @@ mod tests {
     fn a_new_month_starts_from_zero_and_late_settlements_stay_in_their_month() {
         let (_, store, key) = setup();
         let l = limits(None, None, Some(1_000), None);
-        let old = store.admit(req(&key, &l, 0, 900)).unwrap();
-        let new = store
-            .admit(AdmitRequest {
-                month: 101,
-                ..req(&key, &l, 0, 100)
-            })
-            .unwrap();
+        let old = admit(&store, &key, &l, 0, 900).unwrap();
+        let new = admit_in(&store, &key, &l, 0, 100, 101).unwrap();
         store.settle(old, 0, 900);
         store.settle(new, 0, 50);
         assert_eq!(store.month_spend("k", 101), 50);
@@ -461,21 +530,51 @@ mod tests {
     #[test]
     fn concurrency_slots_are_released_on_settle_and_on_refusal() {
         let (_, store, key) = setup();
-        let l = limits(Some(1), None, None, Some(2));
-        let a = store.admit(req(&key, &l, 0, 0)).unwrap();
+        let l = limits(Some(1), None, Some(10), Some(2));
+        let a = admit(&store, &key, &l, 0, 0).unwrap();
         // Refused by the RPM limit: its concurrency slot is given back.
         assert!(matches!(
-            store.admit(req(&key, &l, 0, 0)),
+            admit(&store, &key, &l, 0, 0),
             Err(LimitRefusal::Requests { .. })
         ));
-        let l2 = limits(None, None, None, Some(2));
-        let b = store.admit(req(&key, &l2, 0, 0)).unwrap();
+        let l2 = limits(None, None, Some(10), Some(2));
+        // Refused by the budget after entering: its slot is given back too.
+        assert!(matches!(
+            admit(&store, &key, &l2, 0, 11),
+            Err(LimitRefusal::Budget(_))
+        ));
+        let b = admit(&store, &key, &l2, 0, 0).unwrap();
         assert_eq!(
-            store.admit(req(&key, &l2, 0, 0)).unwrap_err(),
+            admit(&store, &key, &l2, 0, 0).unwrap_err(),
             LimitRefusal::Concurrency
         );
+        // An entry that never reserves (a request refused while its body is read) frees it.
         store.settle(a, 0, 0);
-        assert!(store.admit(req(&key, &l2, 0, 0)).is_ok());
+        let entry = store.enter(&key, &l2).unwrap();
+        assert_eq!(
+            store.enter(&key, &l2).unwrap_err(),
+            LimitRefusal::Concurrency
+        );
+        drop(entry);
+        assert!(admit(&store, &key, &l2, 0, 0).is_ok());
         drop(b);
+    }
+
+    #[test]
+    fn a_request_counts_against_requests_per_minute_before_its_body_is_read() {
+        let (_, store, key) = setup();
+        let l = limits(Some(2), Some(100), None, None);
+        let first = store.enter(&key, &l).unwrap();
+        assert_eq!(first.requests.map(|w| w.remaining), Some(1));
+        // Refused for tokens after entering: the request was still made.
+        assert!(matches!(
+            admit(&store, &key, &l, 500, 0),
+            Err(LimitRefusal::TokensNeverFit { .. })
+        ));
+        assert!(matches!(
+            store.enter(&key, &l),
+            Err(LimitRefusal::Requests { .. })
+        ));
+        drop(first);
     }
 }

@@ -3,25 +3,27 @@
 
 use std::net::SocketAddr;
 
-use http::{HeaderMap, Request, header};
+use http::request::Parts;
+use http::{HeaderMap, header};
 
 use super::ctx::RequestCtx;
 use crate::config::Config;
 use crate::error::Refusal;
 
-pub fn admit<B>(
-    req: &Request<B>,
+pub fn admit(
+    req: &Parts,
     peer: SocketAddr,
     config: &Config,
     ctx: &mut RequestCtx,
 ) -> Result<(), Refusal> {
     ctx.client_ip =
-        crate::access::client_ip::resolve(peer, req.headers(), &config.server.trusted_proxies);
-    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        crate::access::client_ip::resolve(peer, &req.headers, &config.server.trusted_proxies)
+            .map_err(|_| Refusal::BadForwardedFor)?;
+    let uri_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > config.server.limits.max_uri_bytes {
         return Err(Refusal::UriTooLong);
     }
-    check_framing(req.headers())
+    check_framing(&req.headers)
 }
 
 /// Refuses framing that two HTTP parsers could read differently: any transfer coding other

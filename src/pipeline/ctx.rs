@@ -55,6 +55,9 @@ pub struct RequestCtx {
     pub upstream_status: Option<u16>,
     /// Time from sending upstream to its response head.
     pub upstream_first_byte: Option<Duration>,
+    /// Reading the request body stopped before its end (too large, too slow, too many bodies
+    /// buffered): the connection cannot carry another request.
+    pub body_unfinished: bool,
 }
 
 impl RequestCtx {
@@ -75,6 +78,7 @@ impl RequestCtx {
             reached_upstream: false,
             upstream_status: None,
             upstream_first_byte: None,
+            body_unfinished: false,
         }
     }
 }

@@ -3,11 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Extensions, HeaderMap, HeaderValue, Response, Uri, Version, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use super::body::ResponseBody;
@@ -15,34 +17,96 @@ use super::ctx::RequestCtx;
 use crate::config::{KeyPolicy, Models, ServerLimits, Upstream};
 use crate::error::Refusal;
 use crate::state::{Gateway, Runtime};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The largest model list keygate will read from the upstream to filter it.
 const MAX_MODEL_LIST: usize = 4 * 1024 * 1024;
 
-/// Reads the whole request body: refused with 413 from `Content-Length` before reading, or as
-/// soon as a chunked body passes the limit; with 408 if it does not arrive in time.
+/// Reads the whole request body, counting it against the gateway-wide budget of buffered
+/// body bytes (held by the returned permit until the request has been sent). Refused with 413
+/// from `Content-Length` before reading, or as soon as a chunked body passes the limit; with
+/// 408 if it does not arrive in time; with 503 when the budget is used up.
 pub async fn read_body(
-    body: Incoming,
+    mut body: Incoming,
     headers: &HeaderMap,
     limits: &ServerLimits,
-) -> Result<Bytes, Refusal> {
+    budget: &Arc<Semaphore>,
+    ctx: &mut RequestCtx,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Refusal> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limits.max_body_bytes) {
-        return Err(Refusal::BodyTooLarge);
+    let max = limits.max_body_bytes;
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut hold = |bytes: u64| -> Result<(), Refusal> {
+        let n = u32::try_from(bytes).map_err(|_| Refusal::BodyTooLarge)?;
+        let permit = budget
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| Refusal::BodyBufferFull)?;
+        match held.as_mut() {
+            Some(p) => p.merge(permit),
+            None => held = Some(permit),
+        }
+        Ok(())
+    };
+    let result = async {
+        if let Some(len) = declared {
+            if len > max {
+                return Err(Refusal::BodyTooLarge);
+            }
+            hold(len)?;
+        }
+        let read = async {
+            // Most bodies arrive as one frame: keep it as it is; copy only when there are more.
+            let mut first: Option<Bytes> = None;
+            let mut rest: Option<BytesMut> = None;
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| {
+                    Refusal::InvalidRequest("The request body could not be read.".into())
+                })?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                total += data.len() as u64;
+                if total > max {
+                    return Err(Refusal::BodyTooLarge);
+                }
+                if declared.is_none() {
+                    hold(data.len() as u64)?;
+                }
+                match (&mut first, &mut rest) {
+                    (None, _) => first = Some(data),
+                    (Some(f), None) => {
+                        let mut all = BytesMut::with_capacity(
+                            usize::try_from(declared.unwrap_or(total)).unwrap_or(0),
+                        );
+                        all.extend_from_slice(f);
+                        all.extend_from_slice(&data);
+                        rest = Some(all);
+                    }
+                    (Some(_), Some(all)) => all.extend_from_slice(&data),
+                }
+            }
+            Ok(match (rest, first) {
+                (Some(all), _) => all.freeze(),
+                (None, Some(f)) => f,
+                (None, None) => Bytes::new(),
+            })
+        };
+        tokio::time::timeout(limits.body_read_timeout, read)
+            .await
+            .unwrap_or(Err(Refusal::BodyTimeout))
     }
-    let max = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
-    let collected =
-        tokio::time::timeout(limits.body_read_timeout, Limited::new(body, max).collect()).await;
-    match collected {
-        Ok(Ok(body)) => Ok(body.to_bytes()),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Refusal::BodyTooLarge),
-        Ok(Err(_)) => Err(Refusal::InvalidRequest(
-            "The request body could not be read.".into(),
-        )),
-        Err(_) => Err(Refusal::BodyTimeout),
+    .await;
+    match result {
+        Ok(bytes) => Ok((bytes, held)),
+        Err(refusal) => {
+            ctx.body_unfinished = true;
+            Err(refusal)
+        }
     }
 }
 

@@ -1,4 +1,6 @@
-//! Limit: reserve what the request may use against the key's limits, before it is forwarded.
+//! Limit: admit a request against its key's limits in two steps. [`enter`], before the body
+//! is read, takes a concurrency slot and one request per minute. [`reserve`], once the body has
+//! said what the request may use, reserves it before the request is forwarded.
 //! Tokens: the likely prompt plus the completion cap times the outputs. Money: the most the
 //! prompt can hold plus that completion, at the model's prices, plus its per-request price.
 //! The reservation is replaced by the real usage when the request settles.
@@ -10,18 +12,31 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::ctx::RequestCtx;
 use crate::config::KeyPolicy;
 use crate::error::{LimitKind, Refusal};
-use crate::limits::{Admission, AdmitRequest, LimitRefusal, RateHeaders, Window};
+use crate::limits::{Admission, AdmitRequest, Entry, LimitRefusal, RateHeaders, Window};
 use crate::state::Metering;
 use crate::usage::{calendar, cost};
 
-/// Reserves the request's [`Reservation`](super::ctx::Reservation) against the key's limits.
-pub fn limit(metering: &Metering, key: &KeyPolicy, ctx: &RequestCtx) -> Result<Admission, Refusal> {
+/// Before the body is read: a concurrency slot and one request from the key's
+/// requests-per-minute bucket, so a key's limits also bound the bodies it can make keygate
+/// buffer. A key with a budget is also stopped here while usage cannot be made durable.
+pub fn enter(metering: &Metering, key: &KeyPolicy) -> Result<Entry, Refusal> {
     if key.limits.monthly_spend_micros.is_some()
         && metering.recorder.unflushed_for() > metering.max_unflushed
     {
         // Spend that is not durable could be lost by a restart: stop before it piles up.
         return Err(Refusal::LedgerUnavailable);
     }
+    metering.limits.enter(&key.id, &key.limits).map_err(refusal)
+}
+
+/// Once the body is read: reserves the request's [`Reservation`](super::ctx::Reservation)
+/// against the key's token and money limits.
+pub fn reserve(
+    metering: &Metering,
+    key: &KeyPolicy,
+    entry: Entry,
+    ctx: &RequestCtx,
+) -> Result<Admission, Refusal> {
     let month = calendar::month_index(ctx.started_utc);
     let r = &ctx.reserved;
     let cost_micros = ctx.model.as_ref().map_or(0, |model| {
@@ -40,40 +55,40 @@ pub fn limit(metering: &Metering, key: &KeyPolicy, ctx: &RequestCtx) -> Result<A
         _ => r.completion_tokens,
     };
     let request = AdmitRequest {
-        key_id: &key.id,
         limits: &key.limits,
         tokens: r.rate_prompt_tokens.saturating_add(completion),
         cost_micros,
         month,
     };
-    metering
-        .limits
-        .admit(request)
-        .map_err(|refusal| match refusal {
-            LimitRefusal::Requests {
-                retry_after,
-                headers,
-            } => Refusal::RateLimited {
-                limit: LimitKind::Requests,
-                retry_after,
-                headers,
-            },
-            LimitRefusal::Tokens {
-                retry_after,
-                headers,
-            } => Refusal::RateLimited {
-                limit: LimitKind::Tokens,
-                retry_after,
-                headers,
-            },
-            LimitRefusal::TokensNeverFit { headers } => Refusal::TooManyTokens { headers },
-            LimitRefusal::Concurrency => Refusal::RateLimited {
-                limit: LimitKind::Concurrency,
-                retry_after: Duration::from_secs(1),
-                headers: RateHeaders::default(),
-            },
-            LimitRefusal::Budget(shortfall) => Refusal::BudgetExceeded(shortfall),
-        })
+    metering.limits.reserve(entry, request).map_err(refusal)
+}
+
+fn refusal(refusal: LimitRefusal) -> Refusal {
+    match refusal {
+        LimitRefusal::Requests {
+            retry_after,
+            headers,
+        } => Refusal::RateLimited {
+            limit: LimitKind::Requests,
+            retry_after,
+            headers,
+        },
+        LimitRefusal::Tokens {
+            retry_after,
+            headers,
+        } => Refusal::RateLimited {
+            limit: LimitKind::Tokens,
+            retry_after,
+            headers,
+        },
+        LimitRefusal::TokensNeverFit { headers } => Refusal::TooManyTokens { headers },
+        LimitRefusal::Concurrency => Refusal::RateLimited {
+            limit: LimitKind::Concurrency,
+            retry_after: Duration::from_secs(1),
+            headers: RateHeaders::default(),
+        },
+        LimitRefusal::Budget(shortfall) => Refusal::BudgetExceeded(shortfall),
+    }
 }
 
 static NAMES: [[HeaderName; 3]; 2] = [

@@ -1,6 +1,6 @@
 //! A request's path through keygate, phase by phase:
-//! [`admit`] -> [`authenticate`] -> route -> [`authorize`] (source) -> body ->
-//! [`authorize`] (model) -> [`forward`] -> [`settle`].
+//! [`admit`] -> [`authenticate`] -> route -> [`authorize`] (source) -> [`limit`] (enter) ->
+//! body -> [`plan`] (model, reservation) -> [`limit`] (reserve) -> [`forward`] -> [`settle`].
 //! Every refusal is a [`Refusal`]; every request, refused or not, is settled exactly once.
 
 pub mod admit;
@@ -18,18 +18,20 @@ pub mod settle;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, header};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Request, Response, header};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use self::body::{Continuation, Metered, ResponseBody};
 use self::ctx::RequestCtx;
 use self::route::{RouteError, RouteKind};
 use self::settle::{Outcome, Seen, Settlement};
-use crate::auth::AuthError;
 use crate::error::Refusal;
-use crate::events::EventKind;
 use crate::state::{Gateway, Runtime};
 use crate::upstream::UsageScanner;
 use crate::upstream::usage_strip::UsageStripper;
@@ -41,6 +43,12 @@ enum Answer {
     /// An answer keygate rebuilt (a filtered model list).
     Rebuilt(Response<ResponseBody>),
 }
+
+/// The most of an unread body keygate reads (and throws away) before an early refusal, so the
+/// connection stays usable for the client's next request.
+const DRAIN_MAX_BYTES: u64 = 64 * 1024;
+/// How long it waits for that body.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// hyper's service entry point: one request in, one response out, never an error.
 pub async fn handle(
@@ -54,48 +62,10 @@ pub async fn handle(
         RequestCtx::new(metering.clock.now_utc(), peer.ip()),
         metering,
     );
-    let response = match process(&gw, &rt, peer, req, &mut settlement).await {
-        Ok(Answer::Stream(response)) => {
-            settlement.set_status(response.status().as_u16());
-            let (mut parts, incoming) = response.into_parts();
-            crate::upstream::headers::to_client(&mut parts.headers, &settlement.ctx.id);
-            if let Some(admission) = &settlement.admission {
-                limit::set_rate_headers(&mut parts.headers, &admission.headers);
-            }
-            let ctx = &settlement.ctx;
-            // Usage is read only from answers of routes that report it.
-            let scanner = if ctx.reports_usage {
-                UsageScanner::for_content_type(
-                    parts
-                        .headers
-                        .get(header::CONTENT_TYPE)
-                        .map(|v| v.as_bytes()),
-                )
-            } else {
-                UsageScanner::None
-            };
-            let upstream = &rt.config.upstream;
-            // A non-streamed answer that reports usage is read to its end even if the client
-            // leaves, to bill what the upstream charges for it.
-            let continuation = (ctx.reports_usage && !ctx.stream).then_some(Continuation {
-                idle: upstream.idle_timeout,
-                total: upstream.first_byte_timeout,
-            });
-            let stripper = ctx.strip_usage.then(UsageStripper::default);
-            if stripper.is_some() {
-                // The client gets fewer bytes than the upstream sent.
-                parts.headers.remove(header::CONTENT_LENGTH);
-            }
-            let body = Metered::new(
-                incoming,
-                scanner,
-                stripper,
-                settlement,
-                upstream.idle_timeout,
-                continuation,
-            );
-            Response::from_parts(parts, ResponseBody::Metered(Box::new(body)))
-        }
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let response = match process(&gw, &rt, peer, parts, &mut body, &mut settlement).await {
+        Ok(Answer::Stream(response)) => stream(&rt, response, settlement),
         Ok(Answer::Rebuilt(mut response)) => {
             settlement.set_status(response.status().as_u16());
             if let Some(admission) = &settlement.admission {
@@ -107,7 +77,19 @@ pub async fn handle(
         Err(refusal) => {
             log_refusal(&refusal, &settlement.ctx);
             settlement.set_status(refusal.status().as_u16());
-            let response = refusal.to_response(&settlement.ctx.id);
+            let mut response = refusal.to_response(&settlement.ctx.id);
+            // A body left unread would make hyper close the connection after this answer
+            // without saying so, and a pooling client would send its next request into the
+            // void. Read a small one; otherwise say the connection closes.
+            let reusable = match body.take() {
+                Some(unread) => drain(unread).await,
+                None => !settlement.ctx.body_unfinished,
+            };
+            if !reusable {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             settlement.finish(Outcome::Refused(refusal.reason()), Seen::default());
             response
         }
@@ -115,54 +97,107 @@ pub async fn handle(
     Ok(response)
 }
 
+/// Reads and drops an unread request body of up to [`DRAIN_MAX_BYTES`] within
+/// [`DRAIN_TIMEOUT`]; false when it is larger, slower or broken.
+async fn drain(mut body: Incoming) -> bool {
+    if body.is_end_stream() {
+        return true;
+    }
+    if body.size_hint().lower() > DRAIN_MAX_BYTES {
+        return false;
+    }
+    let read = async {
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Some(data) = frame.data_ref() {
+                total += data.len() as u64;
+                if total > DRAIN_MAX_BYTES {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIMEOUT, read)
+        .await
+        .unwrap_or(false)
+}
+
+/// Builds the response that streams the upstream's answer through [`Metered`].
+fn stream(
+    rt: &Runtime,
+    response: Response<Incoming>,
+    mut settlement: Settlement,
+) -> Response<ResponseBody> {
+    settlement.set_status(response.status().as_u16());
+    let (mut parts, incoming) = response.into_parts();
+    crate::upstream::headers::to_client(&mut parts.headers, &settlement.ctx.id);
+    if let Some(admission) = &settlement.admission {
+        limit::set_rate_headers(&mut parts.headers, &admission.headers);
+    }
+    let ctx = &settlement.ctx;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes());
+    let scanner = UsageScanner::for_content_type(content_type);
+    if matches!(scanner, UsageScanner::Sse { .. }) {
+        // nginx and other proxies buffer answers unless told not to: events must not wait.
+        parts.headers.insert(
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        );
+    }
+    // Usage is read only from answers of routes that report it.
+    let scanner = if ctx.reports_usage {
+        scanner
+    } else {
+        UsageScanner::None
+    };
+    let upstream = &rt.config.upstream;
+    // A non-streamed answer that reports usage is read to its end even if the client leaves,
+    // to bill what the upstream charges for it.
+    let continuation = (ctx.reports_usage && !ctx.stream).then_some(Continuation {
+        idle: upstream.idle_timeout,
+        total: upstream.first_byte_timeout,
+    });
+    let stripper = ctx.strip_usage.then(UsageStripper::default);
+    if stripper.is_some() {
+        // The client gets fewer bytes than the upstream sent.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let body = Metered::new(
+        incoming,
+        scanner,
+        stripper,
+        settlement,
+        upstream.idle_timeout,
+        continuation,
+    );
+    Response::from_parts(parts, ResponseBody::Metered(Box::new(body)))
+}
+
 async fn process(
     gw: &Gateway,
     rt: &Runtime,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    parts: Parts,
+    body: &mut Option<Incoming>,
     settlement: &mut Settlement,
 ) -> Result<Answer, Refusal> {
     let config = &rt.config;
     let ctx = &mut settlement.ctx;
-    admit::admit(&req, peer, config, ctx)?;
+    admit::admit(&parts, peer, config, ctx)?;
     // The path is checked before the key so that a refusal for a bad path never depends on
     // whether the key is valid.
-    route::check_canonical(req.uri().path()).map_err(|_| Refusal::NotCanonical)?;
-    let client_ip = ctx.client_ip;
-    let guard = &gw.metering.guard;
-    if guard.blocked(client_ip).is_some() {
+    route::check_canonical(parts.uri.path()).map_err(|_| Refusal::NotCanonical)?;
+    if gw.metering.guard.blocked(ctx.client_ip).is_some() {
         return Err(Refusal::BlockedClient);
     }
-    let key = match authenticate::authenticate(req.headers(), &rt.keys, ctx.started_utc) {
-        Ok(key) => key,
-        Err(refusal) => {
-            if let Refusal::Auth(AuthError::Unknown | AuthError::Malformed(_)) = refusal {
-                let limits = &config.server.limits;
-                let tripped = guard.record_invalid(
-                    client_ip,
-                    limits.invalid_keys_per_minute,
-                    limits.invalid_key_cooldown,
-                );
-                if let Some(count) = tripped {
-                    gw.metering
-                        .metrics
-                        .security_event(EventKind::SuspiciousPattern);
-                    gw.metering.events.record(crate::events::Event {
-                        time: ctx.started_utc,
-                        kind: EventKind::SuspiciousPattern,
-                        reason: "too_many_invalid_keys",
-                        key_id: None,
-                        client_ip: Some(client_ip),
-                        detail: Some(format!("{count} invalid keys within a minute")),
-                    });
-                }
-            }
-            return Err(refusal);
-        }
-    };
+    let key = authenticate::authenticate(&parts.headers, &rt.keys, &gw.metering, ctx)?;
     ctx.key_id = Some(key.id.clone());
 
-    let (parts, body) = req.into_parts();
     // A cheap handle (reference-counted) so the route can borrow the path while `parts` moves on.
     let uri = parts.uri.clone();
     let route = route::resolve(&parts.method, uri.path()).map_err(|e| match e {
@@ -171,16 +206,27 @@ async fn process(
         RouteError::MethodNotAllowed => Refusal::MethodNotAllowed,
     })?;
     ctx.endpoint = route.endpoint;
-    authorize::authorize_source(key, client_ip, &parts.headers, &route)?;
-
+    route::check_query(&route, &parts.method, uri.query())?;
+    authorize::authorize_source(key, ctx.client_ip, &parts.headers, &route)?;
     if let (RouteKind::RetrieveModel, Some(name)) = (route.kind, route.param) {
         let model = authorize::authorize_listed_model(key, &config.models, name)?;
         ctx.model = Some(model.clone());
     }
 
-    let body = forward::read_body(body, &parts.headers, &config.server.limits).await?;
+    // Admitted before the body is read: the key's concurrency and request rate bound what
+    // it can make keygate buffer, and the gateway-wide budget bounds all bodies together.
+    let entry = limit::enter(&gw.metering, key)?;
+    let incoming = body.take().ok_or(Refusal::BodyTimeout)?;
+    let (body, _buffered) = forward::read_body(
+        incoming,
+        &parts.headers,
+        &config.server.limits,
+        &gw.body_budget,
+        ctx,
+    )
+    .await?;
     let rewritten = plan::plan(rt, key, &route, &parts.headers, &body, ctx)?;
-    let admission = limit::limit(&gw.metering, key, ctx)?;
+    let admission = limit::reserve(&gw.metering, key, entry, ctx)?;
     settlement.admission = Some(admission);
     let body = rewritten.map_or(body, Bytes::from);
 

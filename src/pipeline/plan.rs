@@ -32,10 +32,17 @@ pub fn plan(
     ctx: &mut RequestCtx,
 ) -> Result<Option<Vec<u8>>, Refusal> {
     ctx.reports_usage = route.kind.reports_usage();
-    let is_json = headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
-        let ct = ct.as_bytes().trim_ascii_start();
+    let content_type = headers.get(header::CONTENT_TYPE).map(|ct| ct.as_bytes());
+    let is_json = content_type.is_some_and(|ct| {
+        let ct = ct.trim_ascii_start();
         ct.len() >= 16 && ct[..16].eq_ignore_ascii_case(b"application/json")
     });
+    if is_json && content_type.is_some_and(|ct| !charset_is_utf8(ct)) {
+        // keygate reads the body as UTF-8; an upstream told otherwise could read another model.
+        return Err(Refusal::InvalidRequest(
+            "JSON bodies must be UTF-8: send 'charset=utf-8' or no charset.".into(),
+        ));
+    }
     let has_body = !body.is_empty();
     if route.kind.requires_model() && !(is_json && has_body) {
         return Err(Refusal::InvalidRequest(
@@ -80,6 +87,24 @@ pub fn plan(
     let ask_usage = fields.stream && generates_tokens && fields.include_usage != Some(true);
     ctx.strip_usage = ask_usage;
     Ok(request_json::rewrite(body, &fields, insert_cap, ask_usage))
+}
+
+/// Whether a `Content-Type`'s `charset` parameter, if any, names UTF-8.
+fn charset_is_utf8(content_type: &[u8]) -> bool {
+    content_type.split(|&b| b == b';').skip(1).all(|param| {
+        let Some(eq) = param.iter().position(|&b| b == b'=') else {
+            return true;
+        };
+        let (name, value) = (param[..eq].trim_ascii(), param[eq + 1..].trim_ascii());
+        if !name.eq_ignore_ascii_case(b"charset") {
+            return true;
+        }
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        value.eq_ignore_ascii_case(b"utf-8") || value.eq_ignore_ascii_case(b"utf8")
+    })
 }
 
 /// The completion cap a request runs with: its own, else the key's `default_max_tokens`.
@@ -151,4 +176,19 @@ fn reserve(
         r.per_request_micros = price;
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_utf8_charsets_are_read() {
+        assert!(charset_is_utf8(b"application/json"));
+        assert!(charset_is_utf8(b"application/json; charset=UTF-8"));
+        assert!(charset_is_utf8(b"application/json;charset=\"utf8\"; x=y"));
+        assert!(!charset_is_utf8(b"application/json; charset=utf-16"));
+        assert!(!charset_is_utf8(b"application/json; charset=iso-8859-1"));
+        assert!(!charset_is_utf8(b"application/json; CHARSET=utf-7"));
+    }
 }

@@ -4,6 +4,7 @@
 use http::Method;
 
 use crate::access::Scope;
+use crate::error::Refusal;
 
 /// What a matched route is, and so how it is authorized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +247,18 @@ pub fn check_canonical(path: &str) -> Result<(), RouteError> {
         if !ok {
             return Err(RouteError::NotCanonical);
         }
+    }
+    Ok(())
+}
+
+/// Refuses a query string on a request whose body names a model: the upstream may read
+/// parameters from it that keygate never authorized or priced. Listings and retrievals keep
+/// theirs (`?limit=`, `?after=`, `?purpose=`).
+pub fn check_query(route: &Route<'_>, method: &Method, query: Option<&str>) -> Result<(), Refusal> {
+    if query.is_some() && *method == Method::POST && route.kind.may_name_model() {
+        return Err(Refusal::InvalidRequest(
+            "This route takes no query string: send its parameters in the JSON body.".into(),
+        ));
     }
     Ok(())
 }

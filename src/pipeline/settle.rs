@@ -180,6 +180,7 @@ impl Settlement {
                 key_id: ctx.key_id.clone(),
                 client_ip: Some(ctx.client_ip),
                 detail: None,
+                request_id: ctx.id.to_str().ok().map(str::to_owned),
             });
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;

@@ -364,6 +364,41 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// One HTTP/1.1 response read from a connection that stays open: status, head (lowercase) and
+/// body (by `Content-Length`). `None` when the server closed the connection first.
+pub async fn read_response(s: &mut TcpStream) -> Option<(u16, String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Some((raw_status(&head), head, body))
+}
+
 /// Status code of the first response in a raw HTTP answer (0 if none).
 pub fn raw_status(answer: &str) -> u16 {
     answer
@@ -377,6 +412,8 @@ pub fn raw_status(answer: &str) -> u16 {
 pub struct Binary {
     pub child: tokio::process::Child,
     pub addr: String,
+    /// The admin listener's address.
+    pub admin: String,
     pub logs: tokio::task::JoinHandle<String>,
 }
 
@@ -397,12 +434,17 @@ impl Binary {
             .unwrap();
         let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let mut early = String::new();
-        let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        let (addr, admin) = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut addr = None;
             while let Some(line) = lines.next_line().await.unwrap() {
                 early.push_str(&line);
                 early.push('\n');
                 if let Some(rest) = line.split("keygate listening addr=").nth(1) {
-                    return rest.split_whitespace().next().unwrap().to_owned();
+                    addr = Some(rest.split_whitespace().next().unwrap().to_owned());
+                }
+                if let Some(rest) = line.split("admin listening admin_addr=").nth(1) {
+                    let admin = rest.split_whitespace().next().unwrap().to_owned();
+                    return (addr.expect("listening is logged first"), admin);
                 }
             }
             panic!("keygate exited before listening:\n{early}");
@@ -417,11 +459,31 @@ impl Binary {
             }
             all
         });
-        Self { child, addr, logs }
+        Self {
+            child,
+            addr,
+            admin,
+            logs,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// A line of the process's `/proc/<pid>/status`, in kB (`VmRSS`, `VmHWM`).
+    pub fn memory_kb(&self, field: &str) -> u64 {
+        let pid = self.child.id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
     }
 
     pub fn signal(&self, sig: &str) {

@@ -1,5 +1,8 @@
 //! Listeners and connections: the accept loop (bounded connection count, back-off instead of
-//! spinning on EMFILE), optional TLS termination, hyper's HTTP/1 limits, and graceful drain.
+//! spinning on EMFILE), optional TLS termination, hyper's HTTP/1 limits, a write timeout for
+//! clients that stop reading ([`write_timeout`]), and graceful drain.
+
+pub mod write_timeout;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +25,7 @@ use crate::config::ServerLimits;
 use crate::pipeline;
 use crate::pipeline::body::ResponseBody;
 use crate::state::Gateway;
+use write_timeout::WriteTimeout;
 
 /// hyper refuses a read buffer smaller than this.
 const MIN_BUF: usize = 8192;
@@ -96,8 +100,10 @@ pub async fn serve<H, F>(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let handshake_timeout = limits.header_read_timeout;
+        let write_timeout = limits.client_write_timeout;
         tokio::spawn(async move {
             let _permit = permit;
+            let stream = WriteTimeout::new(stream, write_timeout);
             let result =
                 match tls {
                     None => {
