@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Load comparison in one run: the mock upstream directly, through nginx as a plain reverse
-# proxy, and through keygate, at 1 and 64 connections, for plain and streaming chat.
+# proxy, and through keygate, at 1 and 64 connections, for plain chat and for streamed chat of
+# 20 content chunks plus a usage chunk (as a short real answer), both without
+# stream_options.include_usage (the OpenAI SDKs' default: keygate asks for usage and strips it
+# back out) and with it.
 #
-# Decision informed: what keygate's full pipeline (authenticate, authorize, forward, usage
-# extraction, settle log line) costs over a direct connection, in throughput, latency and CPU
-# time per request. wrk runs on core 0; keygate and the mock share core 1, each with one worker
-# thread (nginx: one process, access log on, buffering off). Everything binds to 127.0.0.1.
+# Decision informed: whether keygate's full pipeline (authenticate, IP and referrer rules,
+# scopes, all four limits, usage metering, the ledger, metrics and the request log line)
+# costs at most what nginx costs as a plain reverse proxy, in CPU time per request and
+# throughput, and what it adds to latency. wrk runs on core 0; the proxy and the mock share
+# core 1, keygate and the mock with one worker thread each (nginx: one process, access log
+# on, buffering off). "keygate" uses a key with no limits, "kg+all" a key with every limit
+# and rule (high enough that nothing is refused). Everything binds to 127.0.0.1.
 # Usage: benches/load.sh [seconds per run, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +24,7 @@ for tool in wrk nginx; do
 done
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release -q -p keygate -p mock-upstream
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
@@ -72,7 +78,8 @@ hash = "$lhash"
 created = 2026-01-01T00:00:00Z
 scopes = ["chat"]
 models = ["deepseek-chat"]
-allowed_ips = ["127.0.0.0/8"]
+allowed_ips = ["10.0.0.0/8", "127.0.0.0/8"]
+allowed_referrers = ["https://bench.example/*"]
 # Every limit set, high enough that nothing is refused: measures their cost, not their effect.
 limits = { requests_per_minute = 4000000000, tokens_per_minute = 4000000000, monthly_spend_usd = 1000000, max_concurrent_requests = 100000 }
 [storage]
@@ -110,14 +117,21 @@ nginx_pid=$!
 pids+=($nginx_pid)
 for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null && break; sleep 0.05; done
 
-for mode in plain stream; do
-  if [ "$mode" = stream ]; then extra=', "stream": true, "stream_options": {"include_usage": true}'; else extra=''; fi
+modes="plain stream stream_usage"
+for mode in $modes; do
+  case $mode in
+    plain) extra='' ;;
+    stream) extra=', "stream": true' ;;
+    stream_usage) extra=', "stream": true, "stream_options": {"include_usage": true}' ;;
+  esac
   for k in "$key:" "$lkey:_limited"; do
     cat >"$tmp/$mode${k#*:}.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer ${k%%:*}"
-wrk.body = '{"model": "deepseek-chat", "messages": [{"role": "user", "content": "Say hello to the benchmark"}]$extra}'
+wrk.headers["Referer"] = "https://bench.example/app"
+wrk.headers["x-mock-chunks"] = "20"
+wrk.body = '{"model": "deepseek-chat", "max_tokens": 64, "messages": [{"role": "user", "content": "Say hello to the benchmark"}]$extra}'
 LUA
   done
 done
@@ -128,16 +142,17 @@ to_us() { # wrk latency like 1.23ms / 456.00us / 1.2s -> microseconds
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1e6; else print n }'
 }
 
-printf '%-7s %-6s %-9s %10s %10s %10s %14s\n' mode conns target req/s p50_us p99_us proxy_cpu_us
-for mode in plain stream; do
+printf '%-13s %-6s %-9s %10s %10s %10s %14s\n' mode conns target req/s p50_us p99_us proxy_cpu_us
+declare -A R
+for mode in $modes; do
   for conns in 1 64; do
-    for target in direct nginx keygate kg+limits; do
+    for target in direct nginx keygate kg+all; do
       script="$tmp/$mode.lua"
       case $target in
         direct) addr=$mock; pid=$kg_pid ;;
         nginx) addr=127.0.0.1:$nginx_port; pid=$nginx_pid ;;
         keygate) addr=$gw; pid=$kg_pid ;;
-        kg+limits) addr=$gw; pid=$kg_pid; script="$tmp/${mode}_limited.lua" ;;
+        kg+all) addr=$gw; pid=$kg_pid; script="$tmp/${mode}_limited.lua" ;;
       esac
       before=$(cpu_ticks "$pid")
       taskset -c 0 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$script" \
@@ -150,9 +165,20 @@ for mode in plain stream; do
       p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$tmp/wrk.out")")
       cpu=$(awk -v d="$((after - before))" -v t="$ticks" -v n="$reqs" 'BEGIN { printf "%.1f", d / t / n * 1e6 }')
       [ "$target" = direct ] && cpu="-"
-      printf '%-7s %-6s %-9s %10s %10s %10s %14s\n' "$mode" "$conns" "$target" "$rps" "$p50" "$p99" "$cpu"
+      R[$mode,$conns,$target,rps]=$rps; R[$mode,$conns,$target,p50]=$p50; R[$mode,$conns,$target,cpu]=$cpu
+      printf '%-13s %-6s %-9s %10s %10s %10s %14s\n' "$mode" "$conns" "$target" "$rps" "$p50" "$p99" "$cpu"
     done
   done
+done
+echo
+echo "ratios, kg+all against nginx (CPU/request and req/s at 64 connections; added p50 over direct at 1):"
+printf '%-13s %12s %12s %14s %14s\n' mode cpu_ratio rps_ratio nginx_added_us kg_added_us
+for mode in $modes; do
+  cpu=$(awk -v k="${R[$mode,64,kg+all,cpu]}" -v n="${R[$mode,64,nginx,cpu]}" 'BEGIN { printf "%.2f", k / n }')
+  rps=$(awk -v k="${R[$mode,64,kg+all,rps]}" -v n="${R[$mode,64,nginx,rps]}" 'BEGIN { printf "%.2f", k / n }')
+  na=$(awk -v x="${R[$mode,1,nginx,p50]}" -v d="${R[$mode,1,direct,p50]}" 'BEGIN { printf "%.0f", x - d }')
+  ka=$(awk -v x="${R[$mode,1,kg+all,p50]}" -v d="${R[$mode,1,direct,p50]}" 'BEGIN { printf "%.0f", x - d }')
+  printf '%-13s %12s %12s %14s %14s\n' "$mode" "$cpu" "$rps" "$na" "$ka"
 done
 lines=$(grep -c 'keygate::request' "$tmp/keygate.log" || true)
 echo "keygate logged $lines request lines; refusals: $(grep -c 'outcome=refused' "$tmp/keygate.log" || true)"

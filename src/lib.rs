@@ -8,6 +8,7 @@
 //! - [`server`]: listeners, TLS, connection limits, graceful drain.
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: the Prometheus registry and metric names.
+//! - [`logging`]: batched log lines on stderr.
 //! - [`pipeline`]: a request's phases in order: admit, authenticate, authorize, forward, settle.
 //! - [`auth`]: the key format and the key table.
 //! - [`access`]: client-IP resolution, CIDR and referrer rules, scopes.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod events;
 pub mod keyinfo;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod reload;

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::events::EventLog;
 use crate::limits::{Clock, LimitStore, MemoryStore};
 use crate::metrics::Metrics;
-use crate::upstream::{UpstreamClient, client};
+use crate::upstream::pool::Pool;
 use crate::usage::{Ledger, Recorder, calendar};
 
 /// Most usage events queued for the ledger before new ones are counted as dropped.
@@ -113,7 +113,8 @@ pub struct Gateway {
     pub config_path: Option<std::path::PathBuf>,
     /// Serializes reloads (file watch, SIGHUP and admin changes).
     pub reload_lock: std::sync::Mutex<()>,
-    pub client: UpstreamClient,
+    /// Connections to the upstream, driven by the requests that use them.
+    pub pool: Arc<Pool>,
     pub metering: Arc<Metering>,
     /// Request body bytes all requests may hold buffered at once
     /// (`server.max_buffered_body_bytes`); past it, requests get 503.
@@ -147,7 +148,14 @@ impl Gateway {
     /// Opens the usage ledger, restores this month's spend from it, and starts the ledger
     /// writer and the upstream pool.
     pub fn start(runtime: Runtime, clock: Arc<dyn Clock>) -> Result<Self, String> {
-        let client = client::build(runtime.config.upstream.connect_timeout)
+        let upstream = &runtime.config.upstream;
+        let origin = http::Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| format!("upstream.url: {e}"))?;
+        let pool = Pool::new(origin, upstream.connect_timeout)
             .map_err(|e| format!("cannot set up the upstream TLS client: {e}"))?;
         let path = &runtime.config.storage.path;
         let ledger = Ledger::open(path).map_err(|e| format!("storage.path: {e}"))?;
@@ -185,7 +193,7 @@ impl Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             config_path: None,
             reload_lock: std::sync::Mutex::new(()),
-            client,
+            pool,
             metering,
             body_budget,
         })

@@ -217,15 +217,22 @@ limits = { tokens_per_minute = 1000, monthly_spend_usd = 5 }
 
 /// (usage, streamed tokens, stripped output) of a stream fed in these pieces.
 fn scan(pieces: &[&[u8]]) -> (Option<keygate::upstream::Usage>, u64, Vec<u8>) {
+    // The scanner alone, as for a client that asked for usage itself.
     let mut scanner = UsageScanner::for_content_type(Some(b"text/event-stream"));
+    for p in pieces {
+        scanner.feed(p);
+    }
+    let usage = scanner.finish();
+    // The stripper feeding the scanner in one pass, as for one that did not.
+    let mut both = UsageScanner::for_content_type(Some(b"text/event-stream"));
     let mut stripper = UsageStripper::default();
     let mut out = Vec::new();
     for p in pieces {
-        scanner.feed(p);
-        out.extend_from_slice(&stripper.process(p));
+        out.extend_from_slice(&stripper.process(p, &mut |line| both.line(line)));
     }
-    out.extend_from_slice(&stripper.finish());
-    let usage = scanner.finish();
+    out.extend_from_slice(&stripper.finish(&mut |line| both.line(line)));
+    assert_eq!(both.finish(), usage);
+    assert_eq!(both.streamed_tokens(), scanner.streamed_tokens());
     (usage, scanner.streamed_tokens(), out)
 }
 

@@ -195,16 +195,19 @@ pub enum ListFormat {
 }
 
 /// Sets up logging to stderr: `RUST_LOG` filters (default `info`), `--log-format` picks text or
-/// JSON. Lines are written by a background thread so a slow stderr never blocks a request; the
-/// returned guard flushes what is queued when dropped at exit.
-pub fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// JSON. Lines are batched by [`crate::logging`]; the returned guard writes what is left when
+/// dropped at exit.
+pub fn init_tracing(format: LogFormat) -> Option<crate::logging::FlushGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // Buffered: the writer thread drains every queued line, then flushes once, so a busy
-    // gateway makes one write per batch instead of one per request.
-    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking(stderr);
+    let (writer, guard) = match crate::logging::BatchedStderr::start() {
+        Ok((writer, guard)) => (writer, Some(guard)),
+        Err(e) => {
+            eprintln!("keygate: cannot start the log writer: {e}");
+            return None;
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

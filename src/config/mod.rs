@@ -143,6 +143,8 @@ fn is_port(s: &str) -> bool {
 pub struct Upstream {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// `Host` of every upstream request: the authority of `upstream.url`.
+    pub host_header: http::HeaderValue,
     /// Path prefix of `upstream.url` without a trailing slash (`""` or e.g. `/v1`).
     pub base_path: String,
     pub api_key_env: String,

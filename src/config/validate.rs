@@ -328,7 +328,9 @@ fn upstream(raw: &RawUpstream, p: &mut Problems) -> Option<Upstream> {
         );
         return None;
     }
+    let host_header = http::HeaderValue::from_str(authority.as_str()).ok()?;
     Some(Upstream {
+        host_header,
         scheme,
         authority,
         base_path,

@@ -1,6 +1,8 @@
 //! Response bodies: a small buffered one for keygate's own answers, and [`Metered`], which
-//! passes the upstream's answer through frame by frame while it reads usage, watches for an
-//! idle upstream, and settles the request when the body ends, fails or is dropped.
+//! passes the upstream's answer through while it drives the upstream connection, reads usage,
+//! watches for an idle upstream, and settles the request when the body ends, fails or is
+//! dropped. Everything the connection has already received leaves in one frame, so the events
+//! an upstream sent in one packet reach the client in one write.
 //!
 //! When the client leaves before a non-streamed answer is complete, the answer is not thrown
 //! away: a task keeps reading it (within the upstream timeouts) so the request is billed the
@@ -10,14 +12,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::settle::{Outcome, Seen, Settlement};
 use crate::upstream::UsageScanner;
+use crate::upstream::conn::Conn;
 use crate::upstream::usage_strip::UsageStripper;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,7 +52,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(bytes) => bytes.is_none(),
-            ResponseBody::Metered(m) => m.flow.is_none(),
+            ResponseBody::Metered(m) => m.flow.is_none() && m.broken.is_none(),
         }
     }
 
@@ -61,6 +63,7 @@ impl Body for ResponseBody {
             ResponseBody::Metered(m) => match &m.flow {
                 Some(flow) if flow.stripper.is_none() => flow.inner.size_hint(),
                 Some(_) => SizeHint::default(),
+                None if m.broken.is_some() => SizeHint::default(),
                 None => SizeHint::with_exact(0),
             },
         }
@@ -84,10 +87,50 @@ pub struct Continuation {
 pub struct Metered {
     /// `Some` until the request is settled.
     flow: Option<Flow>,
+    /// The upstream broke off: reported once the bytes before it have been flushed.
+    broken: Option<BoxError>,
+    /// The client's connection was given a chance to flush before the break-off is reported
+    /// (reporting it aborts the connection, losing whatever is still buffered).
+    flushed_before_break: bool,
+}
+
+/// The frames one poll could gather: the first kept as it came, later ones copied after it.
+#[derive(Default)]
+struct Gathered {
+    first: Option<Bytes>,
+    more: Option<BytesMut>,
+}
+
+impl Gathered {
+    fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        match (&self.first, &mut self.more) {
+            (None, _) => self.first = Some(data),
+            (Some(first), None) => {
+                let mut all = BytesMut::with_capacity(first.len() + data.len());
+                all.extend_from_slice(first);
+                all.extend_from_slice(&data);
+                self.more = Some(all);
+            }
+            (Some(_), Some(all)) => all.extend_from_slice(&data),
+        }
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        match (self.first.take(), self.more.take()) {
+            (_, Some(all)) => Some(all.freeze()),
+            (first, None) => first,
+        }
+    }
 }
 
 struct Flow {
     inner: Incoming,
+    /// The connection the answer arrives on, driven from here; back to the pool once the
+    /// answer has been read to its end.
+    conn: Option<Conn>,
     scanner: UsageScanner,
     /// Set when keygate asked for usage the client did not: takes it back out.
     stripper: Option<UsageStripper>,
@@ -102,11 +145,39 @@ struct Flow {
 
 impl Flow {
     fn finish(mut self, outcome: Outcome) {
+        if outcome == Outcome::Completed
+            && let Some(conn) = self.conn.take()
+        {
+            conn.release();
+        }
         let seen = Seen {
             usage: self.scanner.finish(),
             streamed_tokens: self.scanner.streamed_tokens(),
         };
         self.settlement.finish(outcome, seen);
+    }
+
+    /// Passes on what the stripper still holds once the answer has ended.
+    fn finish_stripping(&mut self, out: &mut Gathered) {
+        let scanner = &mut self.scanner;
+        if let Some(rest) = self
+            .stripper
+            .as_mut()
+            .map(|s| s.finish(&mut |line| scanner.line(line)))
+        {
+            out.push(rest);
+        }
+    }
+
+    /// Drives the connection and polls the answer for its next frame.
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.drive(cx);
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     /// Reads the rest of an answer nobody will receive, then settles it with the usage found
@@ -117,7 +188,8 @@ impl Flow {
             let wait = bounds
                 .idle
                 .min(deadline.saturating_duration_since(Instant::now()));
-            match tokio::time::timeout(wait, self.inner.frame()).await {
+            let next = std::future::poll_fn(|cx| self.poll_next(cx));
+            match tokio::time::timeout(wait, next).await {
                 Ok(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         self.scanner.feed(data);
@@ -137,6 +209,7 @@ impl Flow {
 impl Metered {
     pub fn new(
         inner: Incoming,
+        conn: Conn,
         scanner: UsageScanner,
         stripper: Option<UsageStripper>,
         settlement: Settlement,
@@ -147,6 +220,7 @@ impl Metered {
         Self {
             flow: Some(Flow {
                 inner,
+                conn: Some(conn),
                 scanner,
                 stripper,
                 settlement,
@@ -155,6 +229,8 @@ impl Metered {
                 idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
                 continuation,
             }),
+            broken: None,
+            flushed_before_break: false,
         }
     }
 
@@ -164,67 +240,75 @@ impl Metered {
         }
     }
 
+    /// Passes on every frame the connection can produce now, as one: the events an upstream
+    /// sent together leave together, in one write, while an event that arrives alone leaves
+    /// at once.
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut out = Gathered::default();
         loop {
             let Some(flow) = self.flow.as_mut() else {
-                return Poll::Ready(None);
+                // Gathered bytes first; a break-off, if any, once they are flushed.
+                if let Some(data) = out.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                if self.broken.is_some() && !self.flushed_before_break {
+                    // Yield once: hyper flushes what it has before polling again.
+                    self.flushed_before_break = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                return Poll::Ready(self.broken.take().map(Err));
             };
-            match Pin::new(&mut flow.inner).poll_frame(cx) {
+            match flow.poll_next(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers carry nothing an OpenAI-compatible client reads; they are dropped.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     flow.last_frame = Instant::now();
-                    let data = match frame.into_data() {
-                        Ok(data) => data,
-                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
-                    };
-                    flow.scanner.feed(&data);
-                    let mut data = match flow.stripper.as_mut() {
-                        Some(s) => s.process(&data),
-                        None => data,
-                    };
+                    let scanner = &mut flow.scanner;
+                    out.push(match flow.stripper.as_mut() {
+                        // One pass: the stripper splits the lines and shows them to the scanner.
+                        Some(s) => s.process(&data, &mut |line| scanner.line(line)),
+                        None => {
+                            scanner.feed(&data);
+                            data
+                        }
+                    });
                     // With a Content-Length, hyper stops polling once that many bytes are out
                     // and drops the body: settle now, while this is known to be the whole answer.
-                    let ended = flow.inner.is_end_stream();
-                    if ended {
-                        if let Some(rest) = flow.stripper.as_mut().map(UsageStripper::finish) {
-                            data = [data, rest].concat().into();
-                        }
+                    if flow.inner.is_end_stream() {
+                        flow.finish_stripping(&mut out);
                         self.settle(Outcome::Completed);
                     }
-                    if data.is_empty() {
-                        if ended {
-                            return Poll::Ready(None);
-                        }
-                        continue;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(target: "keygate::upstream", error = %e, "upstream answer broke off");
                     self.settle(Outcome::UpstreamError);
-                    return Poll::Ready(Some(Err(e.into())));
+                    self.broken = Some(e.into());
                 }
                 Poll::Ready(None) => {
-                    let rest = flow
-                        .stripper
-                        .as_mut()
-                        .map(UsageStripper::finish)
-                        .filter(|b| !b.is_empty());
+                    flow.finish_stripping(&mut out);
                     self.settle(Outcome::Completed);
-                    return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
                 }
-                Poll::Pending => loop {
-                    if flow.idle.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
+                Poll::Pending => {
+                    if let Some(data) = out.take() {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    let deadline = flow.last_frame + flow.idle_timeout;
-                    if Instant::now() >= deadline {
-                        let timeout = flow.idle_timeout;
-                        tracing::warn!(target: "keygate::upstream", ?timeout, "upstream stalled mid-answer");
-                        self.settle(Outcome::UpstreamIdle);
-                        return Poll::Ready(Some(Err(IdleTimeout(timeout).into())));
+                    loop {
+                        if flow.idle.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        let deadline = flow.last_frame + flow.idle_timeout;
+                        if Instant::now() >= deadline {
+                            let timeout = flow.idle_timeout;
+                            tracing::warn!(target: "keygate::upstream", ?timeout, "upstream stalled mid-answer");
+                            self.settle(Outcome::UpstreamIdle);
+                            return Poll::Ready(Some(Err(IdleTimeout(timeout).into())));
+                        }
+                        flow.idle.as_mut().reset(deadline);
                     }
-                    flow.idle.as_mut().reset(deadline);
-                },
+                }
             }
         }
     }

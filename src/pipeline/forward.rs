@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Extensions, HeaderMap, HeaderValue, Response, Uri, Version, header};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
@@ -17,6 +18,8 @@ use super::ctx::RequestCtx;
 use crate::config::{KeyPolicy, Models, ServerLimits, Upstream};
 use crate::error::Refusal;
 use crate::state::{Gateway, Runtime};
+use crate::upstream::conn::Conn;
+use crate::upstream::pool::ConnectError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The largest model list keygate will read from the upstream to filter it.
@@ -110,7 +113,9 @@ pub async fn read_body(
     }
 }
 
-/// Sends the request upstream and waits (bounded) for the head of its answer.
+/// Sends the request upstream on a pooled connection (a fresh one if none is idle) and waits,
+/// bounded by `upstream.first_byte_timeout`, for the head of its answer. Returns the answer
+/// with the connection, which the caller drives while it reads the body.
 pub async fn send(
     gw: &Gateway,
     rt: &Runtime,
@@ -118,47 +123,91 @@ pub async fn send(
     path: &str,
     body: Bytes,
     ctx: &mut RequestCtx,
-) -> Result<Response<Incoming>, Refusal> {
+) -> Result<(Response<Incoming>, Conn), Refusal> {
     let upstream = &rt.config.upstream;
     let auth = rt
         .upstream_auth
         .as_ref()
         .ok_or(Refusal::UpstreamKeyMissing)?;
-    parts.uri = upstream_uri(upstream, path, parts.uri.query())?;
+    parts.uri = upstream_path(upstream, path, parts.uri.query())?;
     parts.version = Version::HTTP_11;
     parts.extensions = Extensions::new();
-    crate::upstream::headers::to_upstream(&mut parts.headers, auth, ctx.client_ip, &ctx.id);
+    crate::upstream::headers::to_upstream(
+        &mut parts.headers,
+        auth,
+        &upstream.host_header,
+        ctx.client_ip,
+        &ctx.id,
+    );
     let request = http::Request::from_parts(parts, Full::new(body));
 
     let started = Instant::now();
     ctx.upstream_started = Some(started);
-    // From here the upstream may receive the request and charge for it.
-    ctx.reached_upstream = true;
-    let result =
-        tokio::time::timeout(upstream.first_byte_timeout, gw.client.request(request)).await;
-    ctx.upstream_first_byte = Some(started.elapsed());
     let up = &gw.metering.metrics.upstream_up;
+    let result =
+        tokio::time::timeout(upstream.first_byte_timeout, exchange(gw, request, ctx)).await;
+    ctx.upstream_first_byte = Some(started.elapsed());
     match result {
-        Ok(Ok(response)) => {
+        Ok(Ok((response, conn))) => {
             up.set(1);
             ctx.upstream_status = Some(response.status().as_u16());
-            Ok(response)
+            Ok((response, conn))
         }
-        Ok(Err(e)) => {
-            if e.is_connect() {
-                // No connection, so the request never left keygate.
-                ctx.reached_upstream = false;
+        Ok(Err(refusal)) => {
+            if !ctx.reached_upstream {
                 up.set(0);
             }
-            tracing::warn!(target: "keygate::upstream", request_id = ctx.id.to_str().unwrap_or(""), error = %e, "upstream request failed");
-            if is_timeout(&e) {
-                Err(Refusal::UpstreamTimeout)
-            } else {
-                Err(Refusal::UpstreamUnreachable)
-            }
+            Err(refusal)
         }
         Err(_) => Err(Refusal::UpstreamTimeout),
     }
+}
+
+/// Checks a connection out (or opens one), sends, and waits for the answer's head. A pooled
+/// connection the upstream closed before the request was written is replaced once.
+async fn exchange(
+    gw: &Gateway,
+    request: http::Request<Full<Bytes>>,
+    ctx: &mut RequestCtx,
+) -> Result<(Response<Incoming>, Conn), Refusal> {
+    let mut request = Some(request);
+    for _ in 0..2 {
+        let mut conn = match gw.pool.checkout() {
+            Some(conn) => conn,
+            None => gw.pool.connect().await.map_err(|e| {
+                tracing::warn!(target: "keygate::upstream", request_id = ctx.id.to_str().unwrap_or(""), error = %e, "cannot connect to the upstream");
+                match e {
+                    ConnectError::Timeout => Refusal::UpstreamTimeout,
+                    ConnectError::Failed(_) => Refusal::UpstreamUnreachable,
+                }
+            })?,
+        };
+        let Some(req) = request.take() else { break };
+        // From here the upstream may receive the request and charge for it.
+        ctx.reached_upstream = true;
+        match conn.send(req).await {
+            Ok(response) => return Ok((response, conn)),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                if conn.reused()
+                    && let Some(unsent) = unsent
+                {
+                    // The pooled connection was closed under us before the request left.
+                    ctx.reached_upstream = false;
+                    request = Some(unsent);
+                    continue;
+                }
+                let e = e.into_error();
+                tracing::warn!(target: "keygate::upstream", request_id = ctx.id.to_str().unwrap_or(""), error = %e, "upstream request failed");
+                return Err(if e.is_timeout() {
+                    Refusal::UpstreamTimeout
+                } else {
+                    Refusal::UpstreamUnreachable
+                });
+            }
+        }
+    }
+    Err(Refusal::UpstreamUnreachable)
 }
 
 /// keygate's own refusal for an upstream answer whose body must not reach the client: 401/403
@@ -185,17 +234,8 @@ pub fn upstream_refusal<B>(response: &Response<B>) -> Option<Refusal> {
     }
 }
 
-/// Whether the failure was a timeout (hyper-util reports its connect timeout as an I/O
-/// `TimedOut` somewhere in the error's source chain).
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let first: &(dyn std::error::Error + 'static) = e;
-    std::iter::successors(Some(first), |err| err.source()).any(|err| {
-        err.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-    })
-}
-
-fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {
+/// The origin-form URI (`/base/path?query`) the upstream receives.
+fn upstream_path(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {
     let mut pq = String::with_capacity(
         upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
     );
@@ -207,33 +247,46 @@ fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<
     }
     let pq = PathAndQuery::try_from(pq)
         .map_err(|_| Refusal::InvalidRequest("The request URI is invalid.".into()))?;
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| Refusal::InvalidRequest("The request URI is invalid.".into()))
+    Ok(Uri::from(pq))
 }
 
 /// `GET /models`: the upstream's list, keeping only the models this key may use.
 pub async fn filter_model_list(
     response: Response<Incoming>,
+    mut conn: Conn,
     key: &KeyPolicy,
     models: &Models,
     upstream: &Upstream,
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, Refusal> {
     let (mut parts, body) = response.into_parts();
-    let read = tokio::time::timeout(
-        upstream.idle_timeout,
-        Limited::new(body, MAX_MODEL_LIST).collect(),
-    )
+    let mut body = Limited::new(body, MAX_MODEL_LIST);
+    let read = tokio::time::timeout(upstream.idle_timeout, async {
+        let mut bytes = BytesMut::new();
+        loop {
+            let frame = std::future::poll_fn(|cx| {
+                conn.drive(cx);
+                std::pin::Pin::new(&mut body).poll_frame(cx)
+            })
+            .await;
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        bytes.extend_from_slice(data);
+                    }
+                }
+                Some(Err(_)) => return Err(Refusal::UpstreamUnreachable),
+                None => return Ok(bytes.freeze()),
+            }
+        }
+    })
     .await;
     let bytes = match read {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) => return Err(Refusal::UpstreamUnreachable),
+        Ok(Ok(b)) => b,
+        Ok(Err(refusal)) => return Err(refusal),
         Err(_) => return Err(Refusal::UpstreamTimeout),
     };
+    conn.release();
     let mut list: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|_| Refusal::UpstreamUnreachable)?;
     let Some(data) = list.get_mut("data").and_then(|d| d.as_array_mut()) else {

@@ -34,12 +34,13 @@ use self::settle::{Outcome, Seen, Settlement};
 use crate::error::Refusal;
 use crate::state::{Gateway, Runtime};
 use crate::upstream::UsageScanner;
+use crate::upstream::conn::Conn;
 use crate::upstream::usage_strip::UsageStripper;
 
 /// What the pipeline produced for a request it did not refuse.
 enum Answer {
-    /// The upstream's answer, to be streamed through and metered.
-    Stream(Response<Incoming>),
+    /// The upstream's answer, to be streamed through and metered, and its connection.
+    Stream(Response<Incoming>, Conn),
     /// An answer keygate rebuilt (a filtered model list).
     Rebuilt(Response<ResponseBody>),
 }
@@ -65,7 +66,7 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
     let response = match process(&gw, &rt, peer, parts, &mut body, &mut settlement).await {
-        Ok(Answer::Stream(response)) => stream(&rt, response, settlement),
+        Ok(Answer::Stream(response, conn)) => stream(&rt, response, conn, settlement),
         Ok(Answer::Rebuilt(mut response)) => {
             settlement.set_status(response.status().as_u16());
             if let Some(admission) = &settlement.admission {
@@ -128,6 +129,7 @@ async fn drain(mut body: Incoming) -> bool {
 fn stream(
     rt: &Runtime,
     response: Response<Incoming>,
+    conn: Conn,
     mut settlement: Settlement,
 ) -> Response<ResponseBody> {
     settlement.set_status(response.status().as_u16());
@@ -169,6 +171,7 @@ fn stream(
     }
     let body = Metered::new(
         incoming,
+        conn,
         scanner,
         stripper,
         settlement,
@@ -232,7 +235,7 @@ async fn process(
 
     let path = route.path;
     let list_models = route.kind == RouteKind::ListModels;
-    let response = forward::send(gw, rt, parts, path, body, &mut settlement.ctx).await?;
+    let (response, conn) = forward::send(gw, rt, parts, path, body, &mut settlement.ctx).await?;
     let status = response.status();
     if let Some(refusal) = forward::upstream_refusal(&response) {
         return Err(refusal);
@@ -240,6 +243,7 @@ async fn process(
     if list_models && status.is_success() {
         return forward::filter_model_list(
             response,
+            conn,
             key,
             &config.models,
             &config.upstream,
@@ -248,7 +252,7 @@ async fn process(
         .await
         .map(Answer::Rebuilt);
     }
-    Ok(Answer::Stream(response))
+    Ok(Answer::Stream(response, conn))
 }
 
 fn log_refusal(refusal: &Refusal, ctx: &RequestCtx) {

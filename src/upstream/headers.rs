@@ -1,7 +1,8 @@
 //! Header hygiene in both directions. Toward the upstream: the client's credentials, the
 //! hop-by-hop headers and every header the client named in `Connection` are removed before
 //! keygate sets its own `Authorization`, `X-Forwarded-For` and `X-Request-Id`, so nothing a
-//! client sends can remove or replace them. Toward the client: hop-by-hop headers are removed.
+//! client sends can remove or replace them; `Host` is the upstream's. Toward the client:
+//! hop-by-hop headers are removed.
 
 use std::net::IpAddr;
 
@@ -62,6 +63,7 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
 pub fn to_upstream(
     headers: &mut HeaderMap,
     upstream_auth: &HeaderValue,
+    host: &HeaderValue,
     client_ip: IpAddr,
     request_id: &HeaderValue,
 ) {
@@ -73,6 +75,7 @@ pub fn to_upstream(
     }
     headers.remove(&X_FORWARDED_FOR);
     headers.insert(header::AUTHORIZATION, upstream_auth.clone());
+    headers.insert(header::HOST, host.clone());
     // Usage must be readable from the answer, so ask for it uncompressed.
     headers.insert(
         header::ACCEPT_ENCODING,
@@ -153,7 +156,9 @@ mod tests {
         h.insert("openai-organization", "org-other".parse().unwrap());
         let auth = HeaderValue::from_static("Bearer upstream");
         let rid = HeaderValue::from_static("req_1");
-        to_upstream(&mut h, &auth, "192.0.2.1".parse().unwrap(), &rid);
+        let host = HeaderValue::from_static("api.example");
+        to_upstream(&mut h, &auth, &host, "192.0.2.1".parse().unwrap(), &rid);
+        assert_eq!(h["host"], "api.example");
         assert_eq!(h["authorization"], "Bearer upstream");
         assert_eq!(h.get_all("authorization").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");

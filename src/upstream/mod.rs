@@ -1,10 +1,12 @@
-//! Talking to the upstream API: the pooled TLS client ([`client`]), what headers may cross in
-//! each direction ([`headers`]), and reading token usage from answers as they stream ([`usage`]).
+//! Talking to the upstream API: keygate's own connection [`pool`], whose connections are driven
+//! by the requests that use them ([`conn`]), what headers may cross in each direction
+//! ([`headers`]), and reading token usage from answers as they stream ([`usage`],
+//! [`usage_strip`]).
 
-pub mod client;
+pub mod conn;
 pub mod headers;
+pub mod pool;
 pub mod usage;
 pub mod usage_strip;
 
-pub use client::UpstreamClient;
 pub use usage::{Usage, UsageScanner};

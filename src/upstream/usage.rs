@@ -133,6 +133,25 @@ impl UsageScanner {
         }
     }
 
+    /// Reads one complete line of an event stream (without its line ending), for a caller
+    /// that splits the stream into lines itself.
+    pub fn line(&mut self, line: &[u8]) {
+        if let UsageScanner::Sse {
+            usage,
+            streamed_tokens,
+            ..
+        } = self
+        {
+            sse_line(
+                line,
+                &mut SseProgress {
+                    usage,
+                    streamed_tokens,
+                },
+            );
+        }
+    }
+
     /// The usage seen, once the body has ended.
     pub fn finish(&mut self) -> Option<Usage> {
         match self {

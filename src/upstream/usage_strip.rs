@@ -3,6 +3,8 @@
 //! takes the usage-only event and the `"usage":null` members back out, so the client sees
 //! what the upstream would have sent it.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use memchr::memmem;
 use serde::Deserialize;
@@ -14,12 +16,16 @@ struct Shape {
     usage: Option<IgnoredAny>,
 }
 
-const NULL_USAGE: [&[u8]; 4] = [
-    b",\"usage\":null",
-    b", \"usage\": null",
-    b"\"usage\":null,",
-    b"\"usage\": null, ",
-];
+static NULL_USAGE: LazyLock<[memmem::Finder<'static>; 4]> = LazyLock::new(|| {
+    [
+        memmem::Finder::new(b",\"usage\":null"),
+        memmem::Finder::new(b", \"usage\": null"),
+        memmem::Finder::new(b"\"usage\":null,"),
+        memmem::Finder::new(b"\"usage\": null, "),
+    ]
+});
+static USAGE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
 
 #[derive(Default)]
 pub struct UsageStripper {
@@ -29,18 +35,22 @@ pub struct UsageStripper {
 }
 
 impl UsageStripper {
-    /// Returns the bytes to pass on for this chunk (complete lines only).
-    pub fn process(&mut self, chunk: &[u8]) -> Bytes {
+    /// Returns the bytes to pass on for this chunk (complete lines only). Each complete line
+    /// (without its line ending) is also shown to `scan`, so the usage scanner reads the
+    /// stream in the same pass.
+    pub fn process(&mut self, chunk: &[u8], scan: &mut impl FnMut(&[u8])) -> Bytes {
         let mut out = Vec::with_capacity(chunk.len() + self.partial.len());
         let mut rest = chunk;
         while let Some(nl) = memchr::memchr(b'\n', rest) {
             let (line, after) = rest.split_at(nl + 1);
             rest = after;
             if self.partial.is_empty() {
+                scan(&line[..line.len() - 1]);
                 self.line(line, &mut out);
             } else {
                 let mut whole = std::mem::take(&mut self.partial);
                 whole.extend_from_slice(line);
+                scan(&whole[..whole.len() - 1]);
                 self.line(&whole, &mut out);
             }
         }
@@ -48,9 +58,13 @@ impl UsageStripper {
         Bytes::from(out)
     }
 
-    /// Whatever is left when the stream ends.
-    pub fn finish(&mut self) -> Bytes {
-        Bytes::from(std::mem::take(&mut self.partial))
+    /// Whatever is left when the stream ends (shown to `scan` as a last line).
+    pub fn finish(&mut self, scan: &mut impl FnMut(&[u8])) -> Bytes {
+        let rest = std::mem::take(&mut self.partial);
+        if !rest.is_empty() {
+            scan(&rest);
+        }
+        Bytes::from(rest)
     }
 
     fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
@@ -63,7 +77,7 @@ impl UsageStripper {
             out.extend_from_slice(line);
             return;
         };
-        if memmem::find(data, b"\"usage\"").is_none() {
+        if USAGE.find(data).is_none() {
             out.extend_from_slice(line);
             return;
         }
@@ -76,8 +90,9 @@ impl UsageStripper {
             self.drop_blank = true;
             return;
         }
-        for pattern in NULL_USAGE {
-            if let Some(at) = memmem::find(line, pattern) {
+        for pattern in NULL_USAGE.iter() {
+            if let Some(at) = pattern.find(line) {
+                let pattern = pattern.needle();
                 out.extend_from_slice(&line[..at]);
                 out.extend_from_slice(&line[at + pattern.len()..]);
                 return;
@@ -100,10 +115,13 @@ data: [DONE]\n\n";
         for size in [1, 5, 17, upstream.len()] {
             let mut s = UsageStripper::default();
             let mut out = Vec::new();
+            let mut lines = 0;
+            let mut scan = |_: &[u8]| lines += 1;
             for c in upstream.chunks(size) {
-                out.extend_from_slice(&s.process(c));
+                out.extend_from_slice(&s.process(c, &mut scan));
             }
-            out.extend_from_slice(&s.finish());
+            out.extend_from_slice(&s.finish(&mut scan));
+            assert_eq!(lines, 6);
             assert_eq!(
                 String::from_utf8_lossy(&out),
                 String::from_utf8_lossy(expected),

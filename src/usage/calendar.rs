@@ -1,29 +1,60 @@
-//! UTC calendar days and months, as the ledger keys them.
+//! UTC calendar days and months, as the ledger keys them, computed with integer arithmetic
+//! (no formatting or parsing on the request path).
 
 use std::time::SystemTime;
 
+/// (year, month 1-12, day 1-31) of a count of days since 1970-01-01, proleptic Gregorian.
+/// Howard Hinnant's `civil_from_days`.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Days since 1970-01-01 of a UTC instant (instants before it count as day 0).
+fn days(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| {
+        i64::try_from(d.as_secs() / 86_400).unwrap_or(i64::MAX / 2)
+    })
+}
+
 /// `YYYY-MM-DD` of a UTC instant.
 pub fn day(t: SystemTime) -> String {
-    let mut s = humantime::format_rfc3339_seconds(t).to_string();
-    s.truncate(10);
-    s
+    let (y, m, d) = civil(days(t));
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// `year * 12 + month - 1` of a UTC instant: consecutive months are consecutive numbers.
 pub fn month_index(t: SystemTime) -> u32 {
-    month_index_of_day(&day(t)).unwrap_or(0)
-}
-
-/// The month index of a `YYYY-MM-DD` or `YYYY-MM` string.
-fn month_index_of_day(day: &str) -> Option<u32> {
-    let year: u32 = day.get(0..4)?.parse().ok()?;
-    let month: u32 = day.get(5..7)?.parse().ok()?;
-    Some(year * 12 + month - 1)
+    let (y, m, _) = civil(days(t));
+    u32::try_from(y * 12 + i64::from(m) - 1).unwrap_or(u32::MAX)
 }
 
 /// `YYYY-MM` of a month index.
 pub fn month_label(index: u32) -> String {
     format!("{:04}-{:02}", index / 12, index % 12 + 1)
+}
+
+/// The first instant of the month with this index.
+pub fn month_start(index: u32) -> SystemTime {
+    let (year, month) = (i64::from(index / 12), i64::from(index % 12 + 1));
+    // days_from_civil, the inverse of `civil`.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_secs(u64::try_from(days.max(0)).unwrap_or(0) * 86_400)
 }
 
 #[cfg(test)]
@@ -42,5 +73,22 @@ mod tests {
         assert_eq!(month_label(month_index(t)), "2026-11");
         let jan = humantime::parse_rfc3339("2027-01-01T00:00:00Z").unwrap();
         assert_eq!(month_index(jan), month_index(next) + 1);
+        assert_eq!(month_start(month_index(jan)), jan);
+        let leap = humantime::parse_rfc3339("2028-02-29T12:00:00Z").unwrap();
+        assert_eq!(day(leap), "2028-02-29");
+        assert_eq!(
+            month_start(month_index(leap)),
+            humantime::parse_rfc3339("2028-02-01T00:00:00Z").unwrap()
+        );
+    }
+
+    #[test]
+    fn agrees_with_the_formatted_date_for_every_day_of_three_centuries() {
+        let mut t = SystemTime::UNIX_EPOCH;
+        for _ in 0..(300 * 366) {
+            let text = humantime::format_rfc3339_seconds(t).to_string();
+            assert_eq!(day(t), text[..10]);
+            t += Duration::from_secs(86_400);
+        }
     }
 }

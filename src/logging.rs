@@ -1,0 +1,157 @@
+//! Log lines go to stderr through a buffer that a background thread writes out every
+//! [`FLUSH_EVERY`], or sooner once [`WAKE_AT`] bytes wait: a busy gateway makes one `write` per
+//! batch, and a request never wakes another thread to log its line. A slow stderr never blocks
+//! a request: past [`MAX_BUFFERED`] bytes, lines are dropped and counted, and the count is
+//! written out when there is room again. The returned guard writes what is left at exit.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// The longest a line waits before it is written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// The writer is woken early once this many bytes wait.
+const WAKE_AT: usize = 64 * 1024;
+/// Past this many waiting bytes, lines are dropped (and counted).
+const MAX_BUFFERED: usize = 16 * 1024 * 1024;
+
+struct Shared {
+    buf: Mutex<Vec<u8>>,
+    dropped: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// Where the log subscriber writes; cheap to clone.
+#[derive(Clone)]
+pub struct BatchedStderr {
+    shared: Arc<Shared>,
+    writer: std::thread::Thread,
+}
+
+/// Writes what is left when dropped (at exit).
+pub struct FlushGuard {
+    shared: Arc<Shared>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl BatchedStderr {
+    /// Starts the writer thread; keep the guard until exit.
+    pub fn start() -> std::io::Result<(Self, FlushGuard)> {
+        let shared = Arc::new(Shared {
+            buf: Mutex::new(Vec::with_capacity(WAKE_AT * 2)),
+            dropped: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let for_thread = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("keygate-log".into())
+            .spawn(move || run(&for_thread))?;
+        Ok((
+            Self {
+                shared: shared.clone(),
+                writer: handle.thread().clone(),
+            },
+            FlushGuard {
+                shared,
+                handle: Some(handle),
+            },
+        ))
+    }
+}
+
+fn run(shared: &Shared) {
+    let mut out = Vec::with_capacity(WAKE_AT * 2);
+    loop {
+        std::thread::park_timeout(FLUSH_EVERY);
+        let stopping = shared.stop.load(Ordering::Acquire);
+        std::mem::swap(
+            &mut out,
+            &mut shared.buf.lock().unwrap_or_else(PoisonError::into_inner),
+        );
+        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let _ = writeln!(
+                out,
+                "keygate: {dropped} log lines were dropped: stderr was too slow"
+            );
+        }
+        if !out.is_empty() {
+            let mut stderr = std::io::stderr().lock();
+            let _ = stderr.write_all(&out);
+            let _ = stderr.flush();
+            out.clear();
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+impl Drop for FlushGuard {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(handle) = self.handle.take() {
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Write for BatchedStderr {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let waiting = {
+            let mut buf = self
+                .shared
+                .buf
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if buf.len() + line.len() > MAX_BUFFERED {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                return Ok(line.len());
+            }
+            buf.extend_from_slice(line);
+            buf.len()
+        };
+        if waiting >= WAKE_AT && waiting - line.len() < WAKE_AT {
+            self.writer.unpark();
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for BatchedStderr {
+    type Writer = BatchedStderr;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_kept_in_order_and_bounded() {
+        let (mut w, guard) = BatchedStderr::start().unwrap();
+        w.write_all(b"one\n").unwrap();
+        w.write_all(b"two\n").unwrap();
+        {
+            let buf = w.shared.buf.lock().unwrap();
+            assert!(buf.is_empty() || buf.ends_with(b"one\ntwo\n"));
+        }
+        let big = vec![b'x'; MAX_BUFFERED];
+        w.write_all(&big).unwrap();
+        w.write_all(&big).unwrap();
+        assert!(w.shared.buf.lock().unwrap().len() <= MAX_BUFFERED);
+        drop(guard);
+    }
+}
