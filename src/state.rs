@@ -38,6 +38,9 @@ pub struct Metering {
     pub guard: BruteForceGuard,
     /// Counts wrong admin tokens per address, apart from the API's guard.
     pub admin_guard: BruteForceGuard,
+    /// Wrong admin tokens from blocked addresses are answered one at a time, slowly, so
+    /// opening many connections does not buy more guesses.
+    pub admin_slow_lane: tokio::sync::Semaphore,
     pub events: EventLog,
 }
 
@@ -181,6 +184,7 @@ impl Gateway {
             recorder,
             guard: guard(),
             admin_guard: guard(),
+            admin_slow_lane: tokio::sync::Semaphore::new(1),
             events: EventLog::default(),
             clock,
             metrics,

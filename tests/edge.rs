@@ -307,6 +307,42 @@ async fn admission_happens_before_the_body_and_memory_stays_bounded() {
     );
 }
 
+/// Review: a body's bytes count against the buffered-body budget as they arrive, so requests
+/// that only declare large bodies cannot starve everyone else.
+#[tokio::test]
+async fn declared_but_unsent_bodies_hold_no_buffer() {
+    let s = Setup::with_server(
+        &[("app", "scopes = [\"chat\"]")],
+        "max_buffered_body_bytes = 1048576\nbody_read_timeout = \"20s\"",
+    )
+    .await;
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut conn = TcpStream::connect(s.gw.addr).await.unwrap();
+        conn.write_all(
+            head(
+                "POST",
+                "/v1/chat/completions",
+                &s.key("app").secret,
+                4 << 20,
+                "",
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        stalled.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        chat_request(&s.gw.url("/v1/chat/completions"), s.key("app"))
+            .await
+            .status,
+        200
+    );
+    drop(stalled);
+}
+
 /// Item 5: keyless requests count toward the guard, and a flood of them cannot push real
 /// events out of `/admin/events`.
 #[tokio::test]

@@ -50,6 +50,7 @@ fn price(model: &str) -> (u128, u128, u64) {
         "mock-embedding" => (20_000, 0, 0),
         "mock-image" => (0, 0, 40_000),
         "mock-tts" => (0, 0, 15_000),
+        "long-thinker" => (280_000, 420_000, 0),
         other => panic!("no price for {other}"),
     }
 }
@@ -648,4 +649,172 @@ async fn serve_exits_non_zero_when_the_final_flush_fails() {
     assert!(!status.success(), "exit status {status:?}\n{log}");
     assert!(log.contains("could not be flushed"), "{log}");
     drop(lock);
+}
+
+/// Review: an `input` member next to `prompt` on `/completions` once erased the prompt count.
+#[tokio::test]
+async fn an_input_member_cannot_hide_the_prompts_of_a_completion() {
+    let s = budget_key("0.01", r#"["chat"]"#).await;
+    let prompts: Vec<String> = (0..200).map(|i| format!("story {i}")).collect();
+    for input in [json!(null), json!("x"), json!([])] {
+        let body = json!({"model": "deepseek-chat", "prompt": prompts, "input": input, "max_tokens": 1000});
+        let a = send(req(
+            &s,
+            "app",
+            "/v1/completions",
+            &body,
+            &[("x-mock-chunks", "100000")],
+        ))
+        .await;
+        assert_eq!(a.code(), "budget_exceeded", "{input}");
+    }
+    assert!(s.mock.requests().is_empty());
+}
+
+/// Review: DeepSeek reads its cap from `max_tokens` only. A body that sets only
+/// `max_completion_tokens`, or `"max_tokens": null`, still gets the cap keygate reserved, in
+/// `max_tokens`, exactly once.
+#[tokio::test]
+async fn the_cap_is_written_where_the_upstream_reads_it() {
+    let s = budget_key("1", r#"["chat"]"#).await;
+    let long = [("x-mock-chunks", "100000")];
+    let only_completion = json!({"model": "deepseek-reasoner", "max_completion_tokens": 7, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        send(req(
+            &s,
+            "app",
+            "/v1/chat/completions",
+            &only_completion,
+            &long
+        ))
+        .await
+        .status,
+        200
+    );
+    let null_cap = r#"{"model":"deepseek-reasoner","max_tokens":null,"messages":[{"role":"user","content":"hi"}]}"#;
+    let raw = Request::post(s.gw.url("/v1/chat/completions"))
+        .header("authorization", s.key("app").bearer())
+        .header("content-type", "application/json")
+        .header("x-mock-chunks", "100000")
+        .body(Full::new(Bytes::from(null_cap)))
+        .unwrap();
+    assert_eq!(send(raw).await.status, 200);
+    let seen = s.mock.requests();
+    let first: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(first["max_tokens"], 7);
+    let second = String::from_utf8_lossy(&seen[1].body).into_owned();
+    assert_eq!(second.matches("max_tokens").count(), 1, "{second}");
+    assert!(second.contains("\"max_tokens\":4096"), "{second}");
+    let generated: Vec<u64> = s
+        .mock
+        .generated()
+        .iter()
+        .map(|g| g.completion_tokens)
+        .collect();
+    assert_eq!(generated, vec![7, 4096]);
+    assert_money_holds(&s, "app", 1_000_000).await;
+}
+
+/// Review: on a key with a budget, a stream its client leaves (or stops reading) is read to
+/// its end and billed the usage the upstream reports, not what the client happened to read.
+#[tokio::test]
+async fn a_budgeted_stream_its_client_leaves_is_billed_in_full() {
+    let s = budget_key("1", r#"["chat"]"#).await;
+    let body = json!({"model": "deepseek-chat", "stream": true, "max_tokens": 300, "messages": [{"role": "user", "content": "hi"}]});
+    read_then_abort(
+        &s,
+        &body,
+        &[("x-mock-chunks", "300"), ("x-mock-chunk-delay-ms", "1")],
+        "content\":\"w",
+        5,
+    )
+    .await;
+    let (_, requests, estimated) = ledger_total(&s, "app").await;
+    assert_eq!((requests, estimated), (1, 0), "real usage, not an estimate");
+    let generated = s.mock.generated();
+    assert_eq!(
+        generated[0].completion_tokens, 300,
+        "the upstream finished the stream"
+    );
+    assert_money_holds(&s, "app", 1_000_000).await;
+}
+
+/// Review: image, audio and file parts have tokens the body's size does not bound.
+#[tokio::test]
+async fn media_inputs_are_refused_for_budgeted_keys_only() {
+    let mock = MockUpstream::start().await.unwrap();
+    let (budgeted, h1) = TestKey::new("budgeted");
+    let (open, h2) = TestKey::new("open");
+    let rest = format!(
+        "{}{}",
+        key_toml(
+            "budgeted",
+            &h1,
+            "scopes = [\"chat\"]\nlimits = { monthly_spend_usd = 5 }"
+        ),
+        key_toml("open", &h2, "scopes = [\"chat\"]")
+    );
+    let s = Setup {
+        gw: Gw::start(&config_text(&mock.url(), "", &rest)).await,
+        mock,
+        keys: vec![budgeted, open],
+    };
+    let body = json!({"model": "deepseek-chat", "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}
+    ]}]});
+    let a = send(req(&s, "budgeted", "/v1/chat/completions", &body, &[])).await;
+    assert_eq!(
+        (a.status.as_u16(), a.code()),
+        (403, "permission_denied".into())
+    );
+    assert_eq!(
+        send(req(&s, "open", "/v1/chat/completions", &body, &[]))
+            .await
+            .status,
+        200
+    );
+}
+
+/// A model's own default output length (`[[models]] default_max_tokens`) is the cap reserved
+/// and written for a request that sets none, unless the key sets its own.
+#[tokio::test]
+async fn a_models_default_length_is_reserved_and_written() {
+    let mock = MockUpstream::start().await.unwrap();
+    let (plain, h1) = TestKey::new("plain");
+    let (capped, h2) = TestKey::new("capped");
+    let rest = format!(
+        "[[models]]\nname = \"long-thinker\"\nscope = \"chat\"\ninput_per_million = 0.28\noutput_per_million = 0.42\ndefault_max_tokens = 32768\n{}{}",
+        key_toml("plain", &h1, "scopes = [\"chat\"]"),
+        key_toml(
+            "capped",
+            &h2,
+            "scopes = [\"chat\"]\nlimits = { default_max_tokens = 1000 }"
+        )
+    );
+    let s = Setup {
+        gw: Gw::start(&config_text(&mock.url(), "", &rest)).await,
+        mock,
+        keys: vec![plain, capped],
+    };
+    let body = json!({"model": "long-thinker", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        send(req(&s, "plain", "/v1/chat/completions", &body, &[]))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(req(&s, "capped", "/v1/chat/completions", &body, &[]))
+            .await
+            .status,
+        200
+    );
+    let caps: Vec<Value> = s
+        .mock
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["max_tokens"].clone())
+        .collect();
+    assert_eq!(caps, vec![json!(32768), json!(1000)]);
 }

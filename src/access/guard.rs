@@ -4,7 +4,7 @@
 //!
 //! Counting is governor's keyed GCRA limiter (a burst of `per_minute`, refilled at that rate),
 //! so a slow trickle never trips it. Work per request is O(1): one map lookup for the block and
-//! one for the count. Memory is bounded: at most [`MAX_TRACKED`] addresses are counted at once
+//! one for the count. Memory is bounded: at most [`MAX_COUNTED`] addresses are counted at once
 //! and [`MAX_BLOCKED`] blocked; [`BruteForceGuard::prune`], run on a timer, forgets addresses
 //! whose count has fully recovered and blocks that have ended. The API and the admin listener
 //! each have their own guard, so wrong admin tokens never block API clients.
@@ -21,9 +21,10 @@ use governor::{Quota, RateLimiter};
 
 use crate::limits::Clock;
 
-/// Most addresses counted at once. Past it, new addresses are not counted until the next
-/// prune: a spray from that many addresses gains nothing per address anyway.
-pub const MAX_TRACKED: usize = 100_000;
+/// Most addresses counted at once (about 50 MB). Past it, no address is counted until the
+/// next prune makes room; only a spray from a million addresses within seconds gets there,
+/// and such a spray gains nothing per address anyway.
+pub const MAX_COUNTED: usize = 1_000_000;
 /// Most addresses blocked at once.
 pub const MAX_BLOCKED: usize = 100_000;
 
@@ -76,7 +77,7 @@ impl BruteForceGuard {
     /// started a block (the moment to report a `suspicious_pattern`).
     pub fn record_invalid(&self, ip: IpAddr) -> bool {
         let ip = bucket(ip);
-        if self.counts.len() >= MAX_TRACKED {
+        if self.counts.len() >= MAX_COUNTED {
             return false;
         }
         if self.counts.check_key(&ip).is_ok() {

@@ -84,6 +84,8 @@ pub async fn check(
         request_id: None,
     });
     if metering.admin_guard.blocked(client_ip).is_some() {
+        // One wrong token at a time, however many connections ask.
+        let _turn = metering.admin_slow_lane.acquire().await;
         tokio::time::sleep(SLOW_DOWN).await;
     }
     Err(Denied::WrongToken)

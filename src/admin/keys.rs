@@ -2,6 +2,7 @@
 //! [`crate::config::edit`] (the same code as the CLI), is applied at once by a reload, and is
 //! recorded as an `admin_change` event.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -112,6 +113,9 @@ fn edit_error(e: EditError) -> Answer {
             format!("no key with id {id:?}"),
         ),
         EditError::Conflict(message) => error(StatusCode::CONFLICT, "conflict", message),
+        e @ EditError::ReadOnly(_) => {
+            error(StatusCode::FORBIDDEN, "config_read_only", e.to_string())
+        }
         EditError::Invalid(problems) => (
             StatusCode::BAD_REQUEST,
             json!({"error": {"message": "the change was refused; the config is unchanged", "type": "invalid_request_error", "code": "invalid_config", "problems": problems}}),
@@ -145,18 +149,22 @@ async fn change<T: Send + 'static>(
     };
     let gw = gw.clone();
     let task = tokio::spawn(async move {
-        let reload_path = path.clone();
-        let result = tokio::task::spawn_blocking(move || edit(&path))
-            .await
-            .map_err(|e| {
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "edit_failed",
-                    e.to_string(),
-                )
-            })?
-            .map_err(edit_error)?;
-        crate::reload::reload(&gw, &reload_path);
+        // The edit and the reload read and write files: off the async threads.
+        let for_edit = gw.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let result = edit(&path)?;
+            crate::reload::reload(&for_edit, &path);
+            Ok(result)
+        })
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "edit_failed",
+                e.to_string(),
+            )
+        })?
+        .map_err(edit_error)?;
         gw.metering.events.record(Event {
             time: SystemTime::now(),
             kind: crate::events::EventKind::AdminChange,
@@ -194,20 +202,35 @@ async fn change_key<T: Send + 'static>(
     .await
 }
 
-fn describe(gw: &Gateway, id: &str) -> Option<Value> {
+/// Every key's last use, read from the ledger off the async threads.
+async fn last_used(gw: &Gateway) -> HashMap<String, String> {
+    let path = gw.runtime().config.storage.path.clone();
+    tokio::task::spawn_blocking(move || {
+        Ledger::open_read_only(&path)
+            .ok()
+            .and_then(|l| l.last_used_all().ok())
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// A key as the admin API shows it, with its last use from `last_used`.
+fn describe_with(gw: &Gateway, id: &str, last_used: &HashMap<String, String>) -> Option<Value> {
     let rt = gw.runtime();
     let key = rt.config.keys.iter().find(|k| &*k.id == id)?;
     let metering = &gw.metering;
     let now = metering.clock.now_utc();
-    let last_used = Ledger::open_read_only(&rt.config.storage.path)
-        .ok()
-        .and_then(|l| l.last_used(id).ok().flatten());
     let usage = KeyUse {
-        last_used,
+        last_used: last_used.get(id).cloned(),
         month_spend_micros: metering.limits.month_spend(id, calendar::month_index(now)),
         windows: Some(metering.limits.windows(id)),
     };
     Some(keyinfo::describe(key, now, &usage))
+}
+
+async fn describe(gw: &Gateway, id: &str) -> Option<Value> {
+    describe_with(gw, id, &last_used(gw).await)
 }
 
 pub async fn handle(
@@ -225,8 +248,13 @@ pub async fn handle(
         match (method, segments) {
             (&Method::GET, ["keys"]) => {
                 let rt = gw.runtime();
-                let ids: Vec<String> = rt.config.keys.iter().map(|k| k.id.to_string()).collect();
-                let keys: Vec<Value> = ids.iter().filter_map(|id| describe(gw, id)).collect();
+                let used = last_used(gw).await;
+                let keys: Vec<Value> = rt
+                    .config
+                    .keys
+                    .iter()
+                    .filter_map(|k| describe_with(gw, &k.id, &used))
+                    .collect();
                 Ok((StatusCode::OK, json!({"keys": keys})))
             }
             (&Method::POST, ["keys"]) => {
@@ -257,11 +285,12 @@ pub async fn handle(
                     move |p| edit::create(p, &spec, now),
                 )
                 .await?;
-                let mut v = describe(gw, &id).unwrap_or_else(|| json!({"id": id}));
+                let mut v = describe(gw, &id).await.unwrap_or_else(|| json!({"id": id}));
                 v["key"] = json!(key.expose());
                 Ok((StatusCode::CREATED, v))
             }
             (&Method::GET, ["keys", id]) => describe(gw, id)
+                .await
                 .map(|v| (StatusCode::OK, v))
                 .ok_or_else(|| {
                     error(
@@ -284,7 +313,10 @@ pub async fn handle(
                     edit::update(p, id, &fields)
                 })
                 .await?;
-                Ok((StatusCode::OK, describe(gw, id).unwrap_or(Value::Null)))
+                Ok((
+                    StatusCode::OK,
+                    describe(gw, id).await.unwrap_or(Value::Null),
+                ))
             }
             (&Method::DELETE, ["keys", id]) => {
                 change_key(gw, "key_deleted", id, edit::delete).await?;
@@ -298,7 +330,10 @@ pub async fn handle(
                     "key_deactivated"
                 };
                 change_key(gw, what, id, move |p, id| edit::set_active(p, id, active)).await?;
-                Ok((StatusCode::OK, describe(gw, id).unwrap_or(Value::Null)))
+                Ok((
+                    StatusCode::OK,
+                    describe(gw, id).await.unwrap_or(Value::Null),
+                ))
             }
             (&Method::POST, ["keys", id, "rotate"]) => {
                 let b: RotateBody = parse(body)?;
@@ -307,7 +342,7 @@ pub async fn handle(
                     edit::rotate(p, id, grace, now)
                 })
                 .await?;
-                let mut v = describe(gw, id).unwrap_or_else(|| json!({"id": id}));
+                let mut v = describe(gw, id).await.unwrap_or_else(|| json!({"id": id}));
                 v["key"] = json!(key.expose());
                 Ok((StatusCode::OK, v))
             }

@@ -32,6 +32,22 @@ pub enum EditError {
     /// The change conflicts with the key's state (a rotation already in its grace).
     #[error("{0}")]
     Conflict(String),
+    /// The config file is on a read-only file system (a Kubernetes ConfigMap, say).
+    #[error(
+        "{0} is read-only (a Kubernetes ConfigMap or a read-only mount): change keys where the file comes from; the gateway follows the new file"
+    )]
+    ReadOnly(PathBuf),
+}
+
+/// An I/O error while changing the file, telling a read-only file system apart.
+fn io_error(path: &Path, source: std::io::Error) -> EditError {
+    match source.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem => EditError::ReadOnly(path.to_owned()),
+        _ => EditError::Io {
+            path: path.to_owned(),
+            source,
+        },
+    }
 }
 
 /// The latest time an edit may write (expiry, grace): a hundred years from now.
@@ -87,10 +103,7 @@ impl FileLock {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| EditError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| io_error(config, source))?;
         file.lock()
             .map_err(|source| EditError::Io { path, source })?;
         Ok(Self(file))
@@ -148,7 +161,7 @@ fn apply<T>(
     let new_text = doc.to_string();
     let base = path.parent().unwrap_or(Path::new("."));
     super::from_str(&new_text, base).map_err(|e| EditError::Invalid(e.problems))?;
-    write_atomically(path, new_text.as_bytes()).map_err(io)?;
+    write_atomically(path, new_text.as_bytes()).map_err(|e| io_error(path, e))?;
     Ok(result)
 }
 

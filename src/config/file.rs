@@ -82,6 +82,11 @@ pub struct RawModel {
     pub output_per_million: f64,
     /// A price per request (images, audio, fine-tuning jobs), in USD; per image for images.
     pub per_request_usd: Option<f64>,
+    /// The member the upstream reads the completion cap from for this model.
+    pub cap_field: Option<String>,
+    /// The completion cap reserved (and written) for a request that sets none, unless its key
+    /// sets `default_max_tokens`.
+    pub default_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

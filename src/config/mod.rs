@@ -179,6 +179,12 @@ pub struct Model {
     /// Micro-dollars charged per request (per image on image routes), for routes whose
     /// answers report no token usage; `None` when the model has no such price.
     pub per_request_micros: Option<u64>,
+    /// The member the upstream reads this model's completion cap from (`max_tokens` for
+    /// DeepSeek; `max_completion_tokens` for OpenAI's reasoning models).
+    pub cap_field: crate::pipeline::request_json::CapField,
+    /// The completion cap for a request that sets none (the model's own default output
+    /// length, e.g. 32K for deepseek-reasoner), unless the key sets `default_max_tokens`.
+    pub default_max_tokens: Option<NonZeroU32>,
 }
 
 /// The `[[models]]` table, in file order, with lookup by name.

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::access::{IpRules, ReferrerRules, Scope, ScopeSet, parse_ip_or_cidr};
 use crate::auth::KeyDigest;
+use crate::pipeline::request_json::CapField;
 
 /// The largest amount of money a config may name, in USD (a guard against typos like 5e9).
 const MAX_USD: f64 = 1e9;
@@ -81,6 +82,30 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             format!("{path}.output_per_million"),
             usd_micros(m.output_per_million),
         );
+        let cap_field = match m.cap_field.as_deref() {
+            None | Some("max_tokens") => Some(CapField::MaxTokens),
+            Some("max_completion_tokens") => Some(CapField::MaxCompletionTokens),
+            Some(other) => {
+                p.add(
+                    format!("{path}.cap_field"),
+                    format!("{other:?} is not max_tokens or max_completion_tokens"),
+                );
+                None
+            }
+        };
+        let default_max_tokens = match m.default_max_tokens {
+            Some(v) => match u32::try_from(v).ok().and_then(NonZeroU32::new) {
+                Some(n) => Some(Some(n)),
+                None => {
+                    p.add(
+                        format!("{path}.default_max_tokens"),
+                        format!("{v} must be between 1 and {}", u32::MAX),
+                    );
+                    None
+                }
+            },
+            None => Some(None),
+        };
         let per_request = match m.per_request_usd {
             Some(v) => p
                 .take(format!("{path}.per_request_usd"), usd_micros(v))
@@ -93,9 +118,23 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 "must be a non-empty name without surrounding spaces",
             );
         }
-        if let (Some(scope), Some(input), Some(cached_input), Some(output), Some(per_request)) =
-            (scope, input, cached, output, per_request)
-        {
+        if let (
+            Some(scope),
+            Some(input),
+            Some(cached_input),
+            Some(output),
+            Some(per_request),
+            Some(cap_field),
+            Some(default_max_tokens),
+        ) = (
+            scope,
+            input,
+            cached,
+            output,
+            per_request,
+            cap_field,
+            default_max_tokens,
+        ) {
             let model = Model {
                 name: m.name.as_str().into(),
                 scope,
@@ -105,6 +144,8 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                     output,
                 },
                 per_request_micros: per_request,
+                cap_field,
+                default_max_tokens,
             };
             if !models.insert(model) {
                 p.add(

@@ -41,6 +41,9 @@ pub struct RequestCtx {
     /// The route's answers report token usage (chat, completions, embeddings); no other
     /// answer is ever read for usage.
     pub reports_usage: bool,
+    /// The key has a monthly budget: an answer its client leaves is read to its end (streams
+    /// too), and one that ends without usage is billed its whole reservation.
+    pub hard_budget: bool,
     /// UTC start: the day and month the request counts in.
     pub started_utc: SystemTime,
     /// keygate added `include_usage` to a stream, so it must strip the usage back out.
@@ -71,6 +74,7 @@ impl RequestCtx {
             model: None,
             reserved: Reservation::default(),
             reports_usage: false,
+            hard_budget: false,
             endpoint: "unmatched",
             stream: false,
             strip_usage: false,

@@ -42,7 +42,9 @@ pub async fn read_body(
         .and_then(|v| v.parse::<u64>().ok());
     let max = limits.max_body_bytes;
     let mut held: Option<OwnedSemaphorePermit> = None;
-    let mut hold = |bytes: u64| -> Result<(), Refusal> {
+    // Bytes are counted as they arrive, so a request that declares a large body and sends
+    // nothing holds nothing.
+    let mut hold = |bytes: usize| -> Result<(), Refusal> {
         let n = u32::try_from(bytes).map_err(|_| Refusal::BodyTooLarge)?;
         let permit = budget
             .clone()
@@ -55,11 +57,8 @@ pub async fn read_body(
         Ok(())
     };
     let result = async {
-        if let Some(len) = declared {
-            if len > max {
-                return Err(Refusal::BodyTooLarge);
-            }
-            hold(len)?;
+        if declared.is_some_and(|len| len > max) {
+            return Err(Refusal::BodyTooLarge);
         }
         let read = async {
             // Most bodies arrive as one frame: keep it as it is; copy only when there are more.
@@ -77,15 +76,11 @@ pub async fn read_body(
                 if total > max {
                     return Err(Refusal::BodyTooLarge);
                 }
-                if declared.is_none() {
-                    hold(data.len() as u64)?;
-                }
+                hold(data.len())?;
                 match (&mut first, &mut rest) {
                     (None, _) => first = Some(data),
                     (Some(f), None) => {
-                        let mut all = BytesMut::with_capacity(
-                            usize::try_from(declared.unwrap_or(total)).unwrap_or(0),
-                        );
+                        let mut all = BytesMut::with_capacity(f.len() + data.len());
                         all.extend_from_slice(f);
                         all.extend_from_slice(&data);
                         rest = Some(all);

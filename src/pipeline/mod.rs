@@ -158,12 +158,15 @@ fn stream(
         UsageScanner::None
     };
     let upstream = &rt.config.upstream;
-    // A non-streamed answer that reports usage is read to its end even if the client leaves,
-    // to bill what the upstream charges for it.
-    let continuation = (ctx.reports_usage && !ctx.stream).then_some(Continuation {
-        idle: upstream.idle_timeout,
-        total: upstream.first_byte_timeout,
-    });
+    // An answer that reports usage is read to its end even if the client leaves, to bill what
+    // the upstream charges for it: always when it is not streamed (the upstream finishes it
+    // anyway), and for streams on keys with a budget (the upstream may too; streams of other
+    // keys are cut, which tells the upstream to stop, and billed by what was seen).
+    let continuation =
+        (ctx.reports_usage && (!ctx.stream || ctx.hard_budget)).then_some(Continuation {
+            idle: upstream.idle_timeout,
+            total: upstream.first_byte_timeout,
+        });
     let stripper = ctx.strip_usage.then(UsageStripper::default);
     if stripper.is_some() {
         // The client gets fewer bytes than the upstream sent.

@@ -13,7 +13,7 @@ use http::{HeaderMap, header};
 
 use super::authorize;
 use super::ctx::{RequestCtx, Reservation};
-use super::request_json::{self, RequestFields};
+use super::request_json::{self, CapField, RequestFields};
 use super::route::{Route, RouteKind};
 use crate::config::{KeyPolicy, Model};
 use crate::error::Refusal;
@@ -76,17 +76,62 @@ pub fn plan(
         }
         None => return Ok(None),
     };
-    let reservation = reserve(key, route.kind, &fields, body.len(), &model)?;
+    let budgeted = key.limits.monthly_spend_micros.is_some();
+    ctx.hard_budget = budgeted;
+    if budgeted && fields.media_parts {
+        return Err(Refusal::CostUnbounded(
+            "keygate cannot bound the cost of image, audio or file inputs before forwarding, so this API key's monthly spending limit could not hold: send text only.".into(),
+        ));
+    }
+    let generates_tokens = route.kind.generates_tokens();
+    let cap = Cap::of(key, &fields, &model);
+    let reservation = reserve(route.kind, &fields, body.len(), &model, cap, budgeted)?;
     ctx.reserved = reservation;
     ctx.model = Some(model);
-
-    let generates_tokens = route.kind.generates_tokens();
-    let insert_cap = (generates_tokens && !reservation.client_cap)
-        .then(|| cap(key, &fields))
-        .flatten();
+    // The cap reserved is the cap enforced: written into the member the upstream reads, when
+    // the client did not set that member itself.
+    let insert_cap = (generates_tokens && cap.spliced).then_some((cap.field, cap.value));
     let ask_usage = fields.stream && generates_tokens && fields.include_usage != Some(true);
     ctx.strip_usage = ask_usage;
-    Ok(request_json::rewrite(body, &fields, insert_cap, ask_usage))
+    request_json::rewrite(body, &fields, insert_cap, ask_usage)
+        .map_err(|e| Refusal::InvalidRequest(e.to_string().into()))
+}
+
+/// The completion cap a request runs with, and whether keygate must write it into the body.
+#[derive(Debug, Clone, Copy)]
+struct Cap {
+    /// The member the model's upstream reads.
+    field: CapField,
+    value: u64,
+    /// The client set a cap (in either member).
+    from_client: bool,
+    /// The member the upstream reads is not set: keygate sets it.
+    spliced: bool,
+}
+
+impl Cap {
+    /// The member the upstream reads if set; else the other member (the client's intent);
+    /// else the key's `default_max_tokens`, else the model's, else 4096.
+    fn of(key: &KeyPolicy, fields: &RequestFields<'_>, model: &Model) -> Self {
+        let field = model.cap_field;
+        let other = match field {
+            CapField::MaxTokens => CapField::MaxCompletionTokens,
+            CapField::MaxCompletionTokens => CapField::MaxTokens,
+        };
+        let enforced = fields.cap(field).value();
+        let asked = enforced.or(fields.cap(other).value());
+        let default = key
+            .limits
+            .default_max_tokens
+            .or(model.default_max_tokens)
+            .map_or(estimate::DEFAULT_MAX_TOKENS, |n| u64::from(n.get()));
+        Self {
+            field,
+            value: asked.unwrap_or(default),
+            from_client: asked.is_some(),
+            spliced: enforced.is_none(),
+        }
+    }
 }
 
 /// Whether a `Content-Type`'s `charset` parameter, if any, names UTF-8.
@@ -107,31 +152,19 @@ fn charset_is_utf8(content_type: &[u8]) -> bool {
     })
 }
 
-/// The completion cap a request runs with: its own, else the key's `default_max_tokens`.
-/// `None` only for a request that set its own.
-fn cap(key: &KeyPolicy, fields: &RequestFields<'_>) -> Option<u64> {
-    match fields.max_tokens {
-        Some(_) => None,
-        None => Some(
-            key.limits
-                .default_max_tokens
-                .map_or(estimate::DEFAULT_MAX_TOKENS, |n| u64::from(n.get())),
-        ),
-    }
-}
-
 fn reserve(
-    key: &KeyPolicy,
     kind: RouteKind,
     fields: &RequestFields<'_>,
     body_len: usize,
     model: &Model,
+    cap: Cap,
+    budgeted: bool,
 ) -> Result<Reservation, Refusal> {
     // Every output the request asks for: `n` (or `best_of`, which generates that many) per
     // prompt, and one prompt unless an array `prompt` names several.
     let per_prompt = fields.n.unwrap_or(1).max(fields.best_of.unwrap_or(1));
     let prompts = match kind {
-        RouteKind::Completions => fields.inputs.prompts.max(1),
+        RouteKind::Completions => fields.prompt.prompts.max(1),
         _ => 1,
     };
     let outputs = per_prompt.saturating_mul(prompts);
@@ -140,7 +173,10 @@ fn reserve(
         (
             estimate::prompt_ceiling(body_len).min(MAX_REPORTED_TOKENS),
             estimate::prompt_tokens(body_len)
-                .saturating_add(fields.inputs.token_ids)
+                .saturating_add(match kind {
+                    RouteKind::Embeddings => fields.input.token_ids,
+                    _ => fields.prompt.token_ids,
+                })
                 .min(MAX_REPORTED_TOKENS),
         )
     } else {
@@ -149,14 +185,12 @@ fn reserve(
     let mut r = Reservation {
         prompt_tokens,
         rate_prompt_tokens,
-        client_cap: fields.max_tokens.is_some(),
+        client_cap: cap.from_client,
         ..Reservation::default()
     };
     if kind.generates_tokens() {
-        let cap = fields.max_tokens.or_else(|| cap(key, fields)).unwrap_or(0);
-        r.completion_tokens = cap.saturating_mul(outputs).min(MAX_REPORTED_TOKENS);
+        r.completion_tokens = cap.value.saturating_mul(outputs).min(MAX_REPORTED_TOKENS);
     }
-    let budgeted = key.limits.monthly_spend_micros.is_some();
     if kind.priced_per_request() {
         let units = match kind {
             RouteKind::Images => fields.n.unwrap_or(1),

@@ -22,20 +22,63 @@ use std::hash::{BuildHasher, Hasher};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+/// A completion cap member as the body has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Cap {
+    #[default]
+    Absent,
+    /// `null`, at this byte range: not set, and replaced in place when keygate sets it (so
+    /// the body never has the member twice).
+    Null(usize, usize),
+    /// A positive integer.
+    Set(u64),
+}
+
+impl Cap {
+    pub fn value(self) -> Option<u64> {
+        match self {
+            Cap::Set(n) => Some(n),
+            Cap::Absent | Cap::Null(..) => None,
+        }
+    }
+}
+
+/// The member an upstream reads a model's completion cap from: DeepSeek reads `max_tokens`
+/// only; OpenAI's reasoning models read `max_completion_tokens` only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CapField {
+    #[default]
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
+impl CapField {
+    pub fn name(self) -> &'static str {
+        match self {
+            CapField::MaxTokens => "max_tokens",
+            CapField::MaxCompletionTokens => "max_completion_tokens",
+        }
+    }
+}
+
 /// The fields keygate reads from a request body, and where to edit it.
 #[derive(Debug, Default, PartialEq)]
 pub struct RequestFields<'a> {
     pub model: Option<Cow<'a, str>>,
     pub stream: bool,
-    /// The completion cap the client set (the larger of `max_tokens` and
-    /// `max_completion_tokens` when both are sent); always at least 1.
-    pub max_tokens: Option<u64>,
+    pub max_tokens: Cap,
+    pub max_completion_tokens: Cap,
     /// `n`: completions per prompt (at least 1).
     pub n: Option<u64>,
     /// `best_of`: completions generated per prompt, of which `n` are returned.
     pub best_of: Option<u64>,
-    /// What `prompt` or `input` carries: how many prompts, and how many token ids.
-    pub inputs: Inputs,
+    /// What `prompt` carries (completions): how many prompts, and how many token ids.
+    pub prompt: Inputs,
+    /// What `input` carries (embeddings).
+    pub input: Inputs,
+    /// A chat message has a content part other than text (an image, audio, a file), whose
+    /// tokens the body's size does not bound.
+    pub media_parts: bool,
     pub include_usage: Option<bool>,
     /// Where `stream_options` stands, if the body has it.
     stream_options: Option<OptionsAt>,
@@ -88,15 +131,24 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<RequestFields<'_>, BodyErr
     Ok(fields)
 }
 
-/// The body with `"max_tokens": cap` added (when `cap` is given) and
-/// `stream_options.include_usage` set to true (when `include_usage`), or `None` when neither
-/// edit is asked for. Every other byte stays as the client sent it.
+impl RequestFields<'_> {
+    pub fn cap(&self, field: CapField) -> Cap {
+        match field {
+            CapField::MaxTokens => self.max_tokens,
+            CapField::MaxCompletionTokens => self.max_completion_tokens,
+        }
+    }
+}
+
+/// The body with the cap member `cap.0` set to `cap.1` (added, or written over its `null`)
+/// and `stream_options.include_usage` set to true (when `include_usage`), or `None` when
+/// neither edit is asked for. Every other byte stays as the client sent it.
 pub fn rewrite(
     body: &[u8],
     fields: &RequestFields<'_>,
-    cap: Option<u64>,
+    cap: Option<(CapField, u64)>,
     include_usage: bool,
-) -> Option<Vec<u8>> {
+) -> Result<Option<Vec<u8>>, BodyError> {
     // (offset, bytes removed from there, text inserted), in increasing offset order.
     let mut edits: Vec<(usize, usize, Cow<'static, str>)> = Vec::with_capacity(2);
     let mut tail = String::new();
@@ -132,25 +184,36 @@ pub fn rewrite(
             }
         }
     }
-    if let Some(cap) = cap {
-        member(&format!("\"max_tokens\":{cap}"));
+    if let Some((field, value)) = cap {
+        match fields.cap(field) {
+            Cap::Null(start, end) => edits.push((start, end - start, value.to_string().into())),
+            Cap::Absent => member(&format!("\"{}\":{value}", field.name())),
+            Cap::Set(_) => {
+                return Err(BodyError::Invalid(format!(
+                    "'{}' is already set",
+                    field.name()
+                )));
+            }
+        }
     }
     if !tail.is_empty() {
         edits.push((fields.end, 0, tail.into()));
     }
     if edits.is_empty() {
-        return None;
+        return Ok(None);
     }
+    edits.sort_by_key(|(offset, _, _)| *offset);
     let added: usize = edits.iter().map(|(_, _, t)| t.len()).sum();
     let mut out = Vec::with_capacity(body.len() + added);
     let mut at = 0;
+    let broken = || BodyError::Invalid("the body could not be edited".into());
     for (offset, removed, text) in &edits {
-        out.extend_from_slice(body.get(at..*offset)?);
+        out.extend_from_slice(body.get(at..*offset).ok_or_else(broken)?);
         out.extend_from_slice(text.as_bytes());
         at = offset + removed;
     }
-    out.extend_from_slice(body.get(at..)?);
-    Some(out)
+    out.extend_from_slice(body.get(at..).ok_or_else(broken)?);
+    Ok(Some(out))
 }
 
 /// The byte range of `raw` inside `body` (it always borrows from it).
@@ -253,6 +316,16 @@ struct FieldsVisitor<'b> {
     body: &'b [u8],
 }
 
+/// A cap member: a positive integer, or `null` (remembered by its byte range).
+fn cap<E: de::Error>(body: &[u8], raw: &RawValue, field: &str) -> Result<Cap, E> {
+    if raw.get() == "null" {
+        let (start, end) = span(body, raw.get())
+            .ok_or_else(|| E::custom(format_args!("'{field}' is not inside the body")))?;
+        return Ok(Cap::Null(start, end));
+    }
+    Ok(positive(raw, field)?.map_or(Cap::Absent, Cap::Set))
+}
+
 /// A positive integer (a cap or a count), or `null` for "not set".
 fn positive<E: de::Error>(raw: &RawValue, field: &str) -> Result<Option<u64>, E> {
     match serde_json::from_str::<Option<u64>>(raw.get()) {
@@ -294,15 +367,25 @@ impl<'de> Visitor<'de> for FieldsVisitor<'de> {
                         .map_err(json)?
                         .unwrap_or(false)
                 }
-                "max_tokens" | "max_completion_tokens" => {
-                    // When both are sent, the larger bounds the completion.
-                    let cap = positive(value, &key)?;
-                    fields.max_tokens = fields.max_tokens.max(cap);
+                "max_tokens" => fields.max_tokens = cap(self.body, value, "max_tokens")?,
+                "max_completion_tokens" => {
+                    fields.max_completion_tokens = cap(self.body, value, "max_completion_tokens")?
                 }
                 "n" => fields.n = positive(value, "n")?,
                 "best_of" => fields.best_of = positive(value, "best_of")?,
-                "prompt" | "input" => {
-                    fields.inputs = serde_json::from_str::<Inputs>(value.get()).map_err(json)?
+                "prompt" => {
+                    fields.prompt = serde_json::from_str::<Inputs>(value.get()).map_err(json)?
+                }
+                "input" => {
+                    fields.input = serde_json::from_str::<Inputs>(value.get()).map_err(json)?
+                }
+                // Only content parts carry a `type`: plain text chats skip the walk.
+                "messages"
+                    if memchr::memmem::find(value.get().as_bytes(), b"\"type\"").is_some() =>
+                {
+                    fields.media_parts = serde_json::from_str::<Messages>(value.get())
+                        .map_err(json)?
+                        .0;
                 }
                 "stream_options" => {
                     let (options, include) = stream_options(self.body, value).map_err(json)?;
@@ -342,6 +425,64 @@ fn stream_options(
         },
         include,
     ))
+}
+
+/// Whether any message of a chat's `messages` has a content part other than text.
+struct Messages(bool);
+
+impl<'de> de::Deserialize<'de> for Messages {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Messages;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of messages")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Messages, A::Error> {
+                let mut media = false;
+                while let Some(message) = seq.next_element::<Message>()? {
+                    media |= message.0;
+                }
+                Ok(Messages(media))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// One message: whether its `content` has a part other than text.
+struct Message(bool);
+
+impl<'de> de::Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Message;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+                let mut media = false;
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let value = map.next_value::<&'de RawValue>()?;
+                    if key == "content" && value.get().starts_with('[') {
+                        let parts: Vec<Part<'de>> =
+                            serde_json::from_str(value.get()).map_err(de::Error::custom)?;
+                        media |= parts.iter().any(|p| p.kind.as_deref() != Some("text"));
+                    }
+                }
+                Ok(Message(media))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A content part: only its `type` matters here.
+#[derive(serde::Deserialize)]
+struct Part<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
 }
 
 /// `stream_options` as an object: whether it has members, and its `include_usage` value.
@@ -494,16 +635,17 @@ mod tests {
         assert_eq!(f.model.as_deref(), Some("deepseek-chat"));
         assert!(matches!(f.model, Some(Cow::Borrowed(_))));
         assert!(f.stream);
-        assert_eq!(f.max_tokens, Some(50));
+        assert_eq!(f.max_tokens, Cap::Set(50));
         assert_eq!(f.include_usage, Some(true));
         let f = parse(br#"{"input":"x"}"#, 128).unwrap();
         assert_eq!(
-            f.inputs,
+            f.input,
             Inputs {
                 prompts: 1,
                 token_ids: 0
             }
         );
+        assert_eq!(f.prompt, Inputs::default());
         assert_eq!(f.model, None);
     }
 
@@ -515,26 +657,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (f.n, f.best_of, f.max_tokens),
-            (Some(128), Some(3), Some(9))
+            (f.n, f.best_of, f.max_tokens, f.max_completion_tokens),
+            (Some(128), Some(3), Cap::Set(7), Cap::Set(9))
         );
-        let inputs = |body: &[u8]| parse(body, 128).unwrap().inputs;
-        assert_eq!(inputs(br#"{"prompt":["a","b","c"]}"#).prompts, 3);
+        let prompt = |body: &[u8]| parse(body, 128).unwrap().prompt;
+        let input = |body: &[u8]| parse(body, 128).unwrap().input;
+        assert_eq!(prompt(br#"{"prompt":["a","b","c"]}"#).prompts, 3);
+        // `input` next to `prompt` does not change what `prompt` asks for.
         assert_eq!(
-            inputs(br#"{"prompt":[1,2,3,4]}"#),
+            prompt(br#"{"prompt":["a","b","c"],"input":null}"#).prompts,
+            3
+        );
+        assert_eq!(
+            prompt(br#"{"prompt":[1,2,3,4]}"#),
             Inputs {
                 prompts: 1,
                 token_ids: 4
             }
         );
         assert_eq!(
-            inputs(br#"{"input":[[1,2],[3],[]]}"#),
+            input(br#"{"input":[[1,2],[3],[]]}"#),
             Inputs {
                 prompts: 3,
                 token_ids: 3
             }
         );
-        assert_eq!(inputs(br#"{"input":null}"#), Inputs::default());
+        assert_eq!(input(br#"{"input":null}"#), Inputs::default());
     }
 
     #[test]
@@ -555,17 +703,20 @@ mod tests {
         }
         assert_eq!(
             parse(br#"{"max_tokens":null}"#, 128).unwrap().max_tokens,
-            None
+            Cap::Null(14, 18)
         );
     }
 
     fn rewritten(body: &str, cap: Option<u64>, include_usage: bool) -> String {
         let f = parse(body.as_bytes(), 128).unwrap();
-        let out = rewrite(body.as_bytes(), &f, cap, include_usage).unwrap();
+        let cap = cap.map(|c| (CapField::MaxTokens, c));
+        let out = rewrite(body.as_bytes(), &f, cap, include_usage)
+            .unwrap()
+            .unwrap();
         // What keygate forwards is itself a valid body with the edits applied.
         let again = parse(&out, 128).unwrap();
-        if let Some(cap) = cap {
-            assert_eq!(again.max_tokens, Some(cap));
+        if let Some((_, cap)) = cap {
+            assert_eq!(again.max_tokens, Cap::Set(cap));
         }
         if include_usage {
             assert_eq!(again.include_usage, Some(true));
@@ -600,8 +751,39 @@ mod tests {
             r#"{"model":"m","stream_options":{"include_usage":true},"max_tokens":7}"#
         );
         assert_eq!(rewritten("{}", Some(7), false), r#"{"max_tokens":7}"#);
+        // A `null` cap is written over, never added a second time.
+        assert_eq!(
+            rewritten(r#"{"max_tokens": null, "model":"m"}"#, Some(9), true),
+            r#"{"max_tokens": 9, "model":"m","stream_options":{"include_usage":true}}"#
+        );
         let f = parse(b"{\"model\":\"m\"}", 128).unwrap();
-        assert_eq!(rewrite(b"{\"model\":\"m\"}", &f, None, false), None);
+        assert_eq!(rewrite(b"{\"model\":\"m\"}", &f, None, false), Ok(None));
+        // A cap already set is never overwritten.
+        let f = parse(b"{\"max_tokens\":5}", 128).unwrap();
+        assert!(
+            rewrite(
+                b"{\"max_tokens\":5}",
+                &f,
+                Some((CapField::MaxTokens, 9)),
+                false
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn media_parts_are_noticed() {
+        let media = |body: &str| parse(body.as_bytes(), 128).unwrap().media_parts;
+        assert!(!media(r#"{"messages":[{"role":"user","content":"hi"}]}"#));
+        assert!(!media(
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]},{"role":"assistant","tool_calls":[{"type":"function"}]}]}"#
+        ));
+        assert!(media(
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"https://x"}}]}]}"#
+        ));
+        assert!(media(
+            r#"{"messages":[{"role":"user","content":[{"type":"file","file":{"file_id":"f"}}]}]}"#
+        ));
     }
 
     #[test]

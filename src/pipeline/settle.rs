@@ -89,10 +89,10 @@ impl Settlement {
     /// What the request is billed: its usage, the per-request price it owes, and whether the
     /// usage is an estimate. Usage the upstream reported wins. A request the upstream never
     /// got, or answered with an error, costs nothing. Otherwise a request that ended without
-    /// usage is billed an estimate: for a stream, its prompt estimate plus what was seen
-    /// streaming; for any other answer, its whole reservation (the continuation in
-    /// [`super::body`] reads a non-streamed answer to its end first, so this is what is billed
-    /// only when that failed too).
+    /// usage is billed an estimate: for a stream of a key without a budget, its reserved prompt
+    /// plus what was seen streaming; for anything else, its whole reservation (the
+    /// continuation in [`super::body`] reads such an answer to its end first, so this is what
+    /// is billed only when that failed too).
     fn billed(&self, outcome: Outcome, seen: Seen) -> (Usage, u64, bool) {
         let ctx = &self.ctx;
         let upstream_refused = ctx.upstream_status.is_some_and(|s| s >= 400);
@@ -107,7 +107,7 @@ impl Settlement {
             // Answers of per-request routes report no usage: their price is the request's.
             return (Usage::default(), r.per_request_micros, false);
         }
-        let completion = if ctx.stream {
+        let completion = if ctx.stream && !ctx.hard_budget {
             seen.streamed_tokens
         } else {
             r.completion_tokens

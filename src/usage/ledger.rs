@@ -181,6 +181,15 @@ impl Ledger {
         rows.collect()
     }
 
+    /// Every key's last use.
+    pub fn last_used_all(&self) -> rusqlite::Result<HashMap<String, String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key_id, last_used FROM key_activity")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
     pub fn last_used(&self, key_id: &str) -> rusqlite::Result<Option<String>> {
         self.conn
             .query_row(

@@ -16,7 +16,8 @@
 //! - `x-mock-body-delay-ms: N`: send a non-streamed answer's head at once and its body N ms
 //!   later (as DeepSeek does for slow non-streamed answers).
 //! - `x-mock-chunks: N`: the answer's natural length in completion tokens per choice (default
-//!   3); it stops earlier at `max_tokens` or at its default length.
+//!   3); it stops earlier at `max_tokens` (like DeepSeek, it ignores `max_completion_tokens`)
+//!   or at its default length.
 //! - `x-mock-default-max-tokens: N`: the length used when the request sets no cap (default
 //!   32768 for deepseek-reasoner, 4096 otherwise).
 //! - `x-mock-reasoning: N`: N `reasoning_content` tokens per choice before the content.
@@ -429,10 +430,10 @@ fn generate(
         } else {
             4_096
         });
-    let cap = ["max_tokens", "max_completion_tokens"]
-        .iter()
-        .filter_map(|f| request.get(*f).and_then(Value::as_u64))
-        .max()
+    // Like DeepSeek, the mock reads its cap from `max_tokens` only.
+    let cap = request
+        .get("max_tokens")
+        .and_then(Value::as_u64)
         .unwrap_or(default_cap);
     let reasoning_wanted = header_num(h, "x-mock-reasoning").unwrap_or(0);
     let total = (reasoning_wanted + natural).min(cap);
