@@ -247,7 +247,13 @@ fn sse_line(line: &[u8], seen: &mut SseProgress<'_>) {
     *seen.streamed_tokens = seen
         .streamed_tokens
         .saturating_add(streamed_text_tokens(data));
-    if USAGE_FINDER.find(data).is_none() {
+    let Some(at) = USAGE_FINDER.find(data) else {
+        return;
+    };
+    // Every event but the last says `"usage":null`: skip those without parsing them.
+    let value = data[at + USAGE_KEY.len()..].trim_ascii_start();
+    let value = value.strip_prefix(b":").unwrap_or(value).trim_ascii_start();
+    if value.starts_with(b"null") {
         return;
     }
     if let Ok(Chunk { usage: Some(raw) }) = serde_json::from_slice::<Chunk>(data) {

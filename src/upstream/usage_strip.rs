@@ -81,6 +81,16 @@ impl UsageStripper {
             out.extend_from_slice(line);
             return;
         }
+        // Every event but the last says `"usage":null`: take it out without parsing the event.
+        // (Inside JSON strings quotes are escaped, so the pattern can only be the member.)
+        for pattern in NULL_USAGE.iter() {
+            if let Some(at) = pattern.find(line) {
+                let pattern = pattern.needle();
+                out.extend_from_slice(&line[..at]);
+                out.extend_from_slice(&line[at + pattern.len()..]);
+                return;
+            }
+        }
         if let Ok(Shape {
             choices: Some(choices),
             usage: Some(_),
@@ -89,14 +99,6 @@ impl UsageStripper {
         {
             self.drop_blank = true;
             return;
-        }
-        for pattern in NULL_USAGE.iter() {
-            if let Some(at) = pattern.find(line) {
-                let pattern = pattern.needle();
-                out.extend_from_slice(&line[..at]);
-                out.extend_from_slice(&line[at + pattern.len()..]);
-                return;
-            }
         }
         out.extend_from_slice(line);
     }
