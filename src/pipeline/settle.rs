@@ -183,7 +183,8 @@ impl Settlement {
                 request_id: ctx.id.to_str().ok().map(str::to_owned),
             });
         }
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        // Whole microseconds: integers format cheaply, and 0 means "did not happen".
+        let us = |d: Option<Duration>| d.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let reason = refusal.map_or("", Reason::label);
         tracing::info!(
             target: "keygate::request",
@@ -196,9 +197,9 @@ impl Settlement {
             status = self.status,
             outcome = outcome.label(),
             reason,
-            latency_ms = ms(latency),
-            upstream_ms = upstream.map(ms),
-            ttfb_ms = ctx.upstream_first_byte.map(ms),
+            latency_us = us(Some(latency)),
+            upstream_us = us(upstream),
+            ttfb_us = us(ctx.upstream_first_byte),
             prompt_tokens = usage.prompt_tokens,
             cached_prompt_tokens = usage.cached_prompt_tokens,
             completion_tokens = usage.completion_tokens,
