@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs keygate's whole test suite on a fresh machine: installs what the tests need when it is
-# missing (a Python venv with the openai SDK; promtool from Debian's prometheus package), then
-# formatting, lints and every test.
+# missing (a Python venv with the openai SDK; promtool from Debian's prometheus package;
+# redis-server; the deploy/ validators), then formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +30,25 @@ else
 fi
 "$KEYGATE_PROMTOOL" --version >/dev/null
 export KEYGATE_PROMTOOL
+
+# redis-server: Debian's package, for the tests of limits shared between replicas (each test
+# starts its own server on a free loopback port).
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server (Debian's package)"
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  fi
+fi
+KEYGATE_REDIS_SERVER=$(command -v redis-server)
+"$KEYGATE_REDIS_SERVER" --version >/dev/null
+export KEYGATE_REDIS_SERVER
+
+# Validators for deploy/ (hadolint, kubernetes-validate, check-jsonschema, systemd-analyze,
+# nginx -t).
+# shellcheck source=scripts/deploy-tools.sh
+source scripts/deploy-tools.sh
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "== installing cargo-nextest"

@@ -94,6 +94,8 @@ pub enum Refusal {
     BadForwardedFor,
     /// Request bodies already buffered use up `server.max_buffered_body_bytes`.
     BodyBufferFull,
+    /// The shared limit store cannot be reached and `cluster.on_redis_down = "deny"`.
+    LimitsUnavailable,
 }
 
 /// Why a request was refused: a bounded label for logs and metrics, finer than the error code.
@@ -132,6 +134,7 @@ pub enum Reason {
     LedgerUnavailable,
     BadForwardedFor,
     BodyBufferFull,
+    LimitsUnavailable,
 }
 
 impl Reason {
@@ -181,6 +184,7 @@ impl Reason {
             Reason::LedgerUnavailable => "ledger_unavailable",
             Reason::BadForwardedFor => "bad_forwarded_for",
             Reason::BodyBufferFull => "body_buffer_full",
+            Reason::LimitsUnavailable => "limits_unavailable",
         }
     }
 
@@ -255,7 +259,9 @@ impl Refusal {
             | Refusal::TooManyTokens { .. }
             | Refusal::BudgetExceeded(_)
             | Refusal::BlockedClient => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::LedgerUnavailable | Refusal::BodyBufferFull => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::LedgerUnavailable | Refusal::BodyBufferFull | Refusal::LimitsUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -292,6 +298,7 @@ impl Refusal {
             Refusal::BlockedClient => "rate_limit_exceeded",
             Refusal::LedgerUnavailable => "ledger_unavailable",
             Refusal::BodyBufferFull => "server_busy",
+            Refusal::LimitsUnavailable => "limits_unavailable",
         }
     }
 
@@ -334,6 +341,7 @@ impl Refusal {
             Refusal::LedgerUnavailable => Reason::LedgerUnavailable,
             Refusal::BadForwardedFor => Reason::BadForwardedFor,
             Refusal::BodyBufferFull => Reason::BodyBufferFull,
+            Refusal::LimitsUnavailable => Reason::LimitsUnavailable,
         }
     }
 
@@ -429,6 +437,9 @@ impl Refusal {
             Refusal::BodyBufferFull => {
                 "The gateway is holding as many request bodies as it may; retry shortly."
             }
+            Refusal::LimitsUnavailable => {
+                "The gateway cannot reach the store that holds this API key's limits; retry shortly."
+            }
         })
     }
 
@@ -441,6 +452,7 @@ impl Refusal {
             Refusal::RateLimited { .. }
             | Refusal::LedgerUnavailable
             | Refusal::BodyBufferFull
+            | Refusal::LimitsUnavailable
             | Refusal::UpstreamStatus { .. } => Some(true),
             _ => None,
         }
@@ -452,7 +464,7 @@ impl Refusal {
             Refusal::UpstreamStatus { retry_after, .. } => *retry_after,
             Refusal::BudgetExceeded(b) if b.retryable() => Some(Duration::from_secs(1)),
             Refusal::LedgerUnavailable => Some(Duration::from_secs(5)),
-            Refusal::BodyBufferFull => Some(Duration::from_secs(1)),
+            Refusal::BodyBufferFull | Refusal::LimitsUnavailable => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

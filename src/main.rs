@@ -13,7 +13,8 @@ fn main() -> ExitCode {
             config,
             days,
             format,
-        } => cli::usage::run(&config, key_id.as_deref(), days, format),
+            ledgers,
+        } => cli::usage::run(&config, &ledgers, key_id.as_deref(), days, format),
         Command::Keys(command) => cli::keys::run(*command),
         Command::Serve { config } => cli::serve::run(&config),
     }

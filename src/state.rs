@@ -16,7 +16,8 @@ use crate::access::guard::BruteForceGuard;
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::events::EventLog;
-use crate::limits::{Clock, LimitStore, MemoryStore};
+use crate::limits::redis::SharedStore;
+use crate::limits::{Clock, Limiter, MemoryStore};
 use crate::metrics::Metrics;
 use crate::upstream::pool::Pool;
 use crate::usage::{Ledger, Recorder, calendar};
@@ -28,10 +29,10 @@ pub const LEDGER_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_se
 
 /// Limits and usage accounting, shared by every request and outliving config reloads.
 pub struct Metering {
-    pub limits: Box<dyn LimitStore>,
+    pub limits: Limiter,
     /// `storage.max_unflushed`, fixed at start like the ledger itself.
     pub max_unflushed: std::time::Duration,
-    pub recorder: Recorder,
+    pub recorder: Arc<Recorder>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
     /// Counts invalid API keys per client address.
@@ -124,6 +125,42 @@ pub struct Gateway {
     pub body_budget: Arc<Semaphore>,
 }
 
+/// The shared limit store, when `[cluster]` names a variable that holds a Redis URL.
+fn shared_limits(
+    runtime: &Runtime,
+    clock: &Arc<dyn Clock>,
+    recorder: &Arc<Recorder>,
+    metrics: &Metrics,
+    replica: String,
+) -> Option<Arc<SharedStore>> {
+    let cluster = runtime.config.cluster.as_ref()?;
+    let url = std::env::var(&cluster.redis_url_env)
+        .ok()
+        .filter(|u| !u.trim().is_empty())?;
+    // This replica's share of each key's spend: its ledger, once everything queued is in it.
+    let path = runtime.config.storage.path.clone();
+    let for_shares = recorder.clone();
+    let shares = Arc::new(move |month: u32| {
+        for_shares.flush(std::time::Duration::from_secs(5));
+        Ledger::open_read_only(&path)
+            .ok()
+            .and_then(|l| l.month_spend(month).ok())
+            .unwrap_or_default()
+    });
+    let gauge = metrics.limit_store_up.clone();
+    gauge.set(0);
+    let store = SharedStore::new(
+        url.trim().to_owned(),
+        cluster.clone(),
+        replica,
+        clock.clone(),
+        shares,
+        Box::new(move |up| gauge.set(i64::from(up))),
+    );
+    store.spawn();
+    Some(store)
+}
+
 /// How often the brute-force guards forget addresses that have recovered.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -162,24 +199,35 @@ impl Gateway {
             .map_err(|e| format!("cannot set up the upstream TLS client: {e}"))?;
         let path = &runtime.config.storage.path;
         let ledger = Ledger::open(path).map_err(|e| format!("storage.path: {e}"))?;
-        let limits = MemoryStore::new(clock.clone());
         let month = calendar::month_index(clock.now_utc());
         let spend = ledger
             .month_spend(month)
             .map_err(|e| format!("storage.path: cannot read {}: {e}", path.display()))?;
-        for key in &runtime.config.keys {
-            if let Some(spent) = spend.get(&*key.id) {
-                limits.seed_spend(&key.id, month, *spent);
-            }
-        }
-        let recorder = Recorder::start(ledger, LEDGER_QUEUE, LEDGER_FLUSH_EVERY)
-            .map_err(|e| format!("cannot start the ledger writer: {e}"))?;
+        let replica = ledger
+            .replica_id()
+            .map_err(|e| format!("storage.path: cannot read {}: {e}", path.display()))?;
+        let recorder = Arc::new(
+            Recorder::start(ledger, LEDGER_QUEUE, LEDGER_FLUSH_EVERY)
+                .map_err(|e| format!("cannot start the ledger writer: {e}"))?,
+        );
         let metrics = Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?;
+        let limits = match shared_limits(&runtime, &clock, &recorder, &metrics, replica) {
+            Some(shared) => Limiter::Shared(shared),
+            None => {
+                let local = MemoryStore::new(clock.clone());
+                for key in &runtime.config.keys {
+                    if let Some(spent) = spend.get(&*key.id) {
+                        local.seed_spend(&key.id, month, *spent);
+                    }
+                }
+                Limiter::Memory(local)
+            }
+        };
         let server = &runtime.config.server.limits;
         let per_minute = NonZeroU32::new(server.invalid_keys_per_minute).unwrap_or(NonZeroU32::MIN);
         let guard = || BruteForceGuard::new(clock.clone(), per_minute, server.invalid_key_cooldown);
         let metering = Arc::new(Metering {
-            limits: Box::new(limits),
+            limits,
             max_unflushed: runtime.config.storage.max_unflushed,
             recorder,
             guard: guard(),

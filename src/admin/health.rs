@@ -73,7 +73,14 @@ fn refresh_gauges(gw: &Gateway) {
     m.sync_ledger_dropped(metering.recorder.dropped());
 }
 
-pub fn metrics(gw: &Gateway) -> Response<ResponseBody> {
+pub async fn metrics(gw: &Gateway) -> Response<ResponseBody> {
+    if let crate::limits::Limiter::Shared(shared) = &gw.metering.limits {
+        // Spend lives in Redis: read it for the keys this replica shows.
+        let rt = gw.runtime();
+        let ids: Vec<std::sync::Arc<str>> = rt.config.keys.iter().map(|k| k.id.clone()).collect();
+        let month = calendar::month_index(gw.metering.clock.now_utc());
+        shared.refresh_spend(&ids, month).await;
+    }
     refresh_gauges(gw);
     let rt = gw.runtime();
     let ids: std::collections::HashSet<&str> = rt.config.keys.iter().map(|k| &*k.id).collect();
@@ -197,10 +204,23 @@ pub async fn readyz(gw: &Gateway) -> Response<ResponseBody> {
         json!({"window_seconds": 300, "requests": total, "server_errors": errors, "ratio": ratio}),
     );
 
+    // Shared limits down is a warning: every replica then enforces its share on its own (or
+    // refuses, with on_redis_down = "deny"), and taking replicas out would not help.
+    let limit_store = match &metering.limits {
+        crate::limits::Limiter::Memory(_) => check("pass", json!({"shared": false})),
+        crate::limits::Limiter::Shared(s) if s.is_up() => {
+            check("pass", json!({"shared": true, "reachable": true}))
+        }
+        crate::limits::Limiter::Shared(s) => check(
+            "warning",
+            json!({"shared": true, "reachable": false, "dropped_settlements": s.dropped(), "detail": "Redis cannot be reached: limits are enforced per replica (on_redis_down)"}),
+        ),
+    };
     let checks = json!({
         "config": config,
         "ledger": ledger,
         "upstream": upstream,
+        "limit_store": limit_store,
         "rate_limit_utilization": utilization,
         "error_rate": error_rate,
     });

@@ -44,7 +44,7 @@ pub async fn handle(
     }
     let path = req.uri().path().to_owned();
     let response = match (req.method(), path.as_str()) {
-        (&Method::GET, "/metrics") => health::metrics(&gw),
+        (&Method::GET, "/metrics") => health::metrics(&gw).await,
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "pass"})),
         (&Method::GET, "/readyz") => health::readyz(&gw).await,
         (_, p) if p.starts_with("/admin/") => admin_api(&gw, peer.ip().to_canonical(), req).await,

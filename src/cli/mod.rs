@@ -52,6 +52,10 @@ pub enum Command {
         days: u32,
         #[arg(long, value_enum, default_value_t = usage::Format::Table)]
         format: usage::Format,
+        /// Read this ledger instead of storage.path; repeat it to sum several replicas'
+        /// ledgers.
+        #[arg(long = "ledger")]
+        ledgers: Vec<PathBuf>,
     },
     /// Manage keys.
     #[command(subcommand)]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -72,31 +72,71 @@ impl Totals {
     }
 }
 
-pub fn run(config_path: &Path, key: Option<&str>, days: u32, format: Format) -> ExitCode {
-    let config = match crate::config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            e.problems.iter().for_each(|p| eprintln!("error: {p}"));
-            return ExitCode::FAILURE;
-        }
+/// The rows of every ledger given (else the config's `storage.path`) since `since`, with the
+/// rows of the same key, day and model summed: several replicas' ledgers read as one.
+pub fn read_ledgers(
+    config_path: &Path,
+    ledgers: &[PathBuf],
+    key: Option<&str>,
+    since: &str,
+) -> Result<Vec<DailyRow>, String> {
+    let paths = if ledgers.is_empty() {
+        let config = crate::config::load(config_path).map_err(|e| e.problems.join("\n"))?;
+        vec![config.storage.path]
+    } else {
+        ledgers.to_vec()
     };
-    let ledger = match Ledger::open_read_only(&config.storage.path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+    let mut summed: BTreeMap<(String, String, String), DailyRow> = BTreeMap::new();
+    for path in &paths {
+        let ledger = Ledger::open_read_only(path)?;
+        let rows = ledger
+            .daily(key, since)
+            .map_err(|e| format!("cannot read the usage ledger {}: {e}", path.display()))?;
+        for r in rows {
+            let entry = summed
+                .entry((r.key_id.clone(), r.day.clone(), r.model.clone()))
+                .or_insert_with(|| DailyRow {
+                    key_id: r.key_id.clone(),
+                    day: r.day.clone(),
+                    model: r.model.clone(),
+                    ..DailyRow::default()
+                });
+            entry.requests += r.requests;
+            entry.errors += r.errors;
+            entry.prompt_tokens += r.prompt_tokens;
+            entry.cached_prompt_tokens += r.cached_prompt_tokens;
+            entry.completion_tokens += r.completion_tokens;
+            entry.cost_micros += r.cost_micros;
+            entry.estimated += r.estimated;
+            entry.latency_ms_sum += r.latency_ms_sum;
         }
-    };
+    }
+    Ok(summed.into_values().collect())
+}
+
+/// The first day of a report over the last `days` days, today included.
+pub fn since(days: u32) -> String {
     let days = days.clamp(1, 36_500);
     let back = Duration::from_secs(u64::from(days - 1) * 86_400);
     let start = SystemTime::now()
         .checked_sub(back)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let since = calendar::day(start.max(SystemTime::UNIX_EPOCH));
-    let rows = match ledger.daily(key, &since) {
+    calendar::day(start.max(SystemTime::UNIX_EPOCH))
+}
+
+pub fn run(
+    config_path: &Path,
+    ledgers: &[PathBuf],
+    key: Option<&str>,
+    days: u32,
+    format: Format,
+) -> ExitCode {
+    let days = days.clamp(1, 36_500);
+    let since = since(days);
+    let rows = match read_ledgers(config_path, ledgers, key, &since) {
         Ok(rows) => rows,
         Err(e) => {
-            eprintln!("error: cannot read the usage ledger: {e}");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -20,6 +20,17 @@ pub struct RawConfig {
     pub environments: BTreeMap<String, RawEnvironment>,
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    pub cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub redis_url_env: Option<String>,
+    pub replicas_hint: Option<u64>,
+    pub on_redis_down: Option<String>,
+    pub redis_timeout: Option<String>,
+    pub lease: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -26,6 +26,34 @@ pub struct Config {
     pub storage: Storage,
     pub models: Models,
     pub keys: Vec<Arc<KeyPolicy>>,
+    /// Limits shared with other replicas on Redis; `None` without a `[cluster]` section.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: per-key limits shared on Redis by every replica that uses the same Redis and
+/// config. Applied at start.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The variable holding the Redis URL; unset or empty: limits stay this process's own.
+    pub redis_url_env: String,
+    /// How many replicas share the Redis: while it is down, each enforces this share of
+    /// every rate and of the remaining budget.
+    pub replicas_hint: NonZeroU32,
+    pub on_redis_down: OnRedisDown,
+    /// The longest a request waits for Redis before the store counts as down.
+    pub redis_timeout: Duration,
+    /// How long a replica's reservations and concurrency slots outlive it if it dies
+    /// (renewed while the request runs).
+    pub lease: Duration,
+}
+
+/// What a replica does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisDown {
+    /// Enforce its share (`1 / replicas_hint`) of every limit on its own.
+    Local,
+    /// Refuse requests on keys with limits: 503 `limits_unavailable`.
+    Deny,
 }
 
 #[derive(Debug)]

@@ -11,10 +11,12 @@ use std::time::{Duration, SystemTime};
 use http::Uri;
 use http::uri::Scheme;
 
-use super::file::{RawConfig, RawEnvironment, RawKey, RawLimits, RawServer, RawUpstream};
+use super::file::{
+    RawCluster, RawConfig, RawEnvironment, RawKey, RawLimits, RawServer, RawUpstream,
+};
 use super::{
-    Admin, AllowedHosts, Config, ConfigError, Environment, KeyPolicy, Limits, Model, Models,
-    PreviousSecret, Price, Server, ServerLimits, Storage, TlsFiles, Upstream,
+    Admin, AllowedHosts, Cluster, Config, ConfigError, Environment, KeyPolicy, Limits, Model,
+    Models, OnRedisDown, PreviousSecret, Price, Server, ServerLimits, Storage, TlsFiles, Upstream,
 };
 use crate::access::{IpRules, ReferrerRules, Scope, ScopeSet, parse_ip_or_cidr};
 use crate::auth::KeyDigest;
@@ -195,6 +197,8 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         }
     }
 
+    let cluster = raw.cluster.as_ref().map(|c| cluster(c, &mut p));
+
     if !p.0.is_empty() {
         return Err(ConfigError { problems: p.0 });
     }
@@ -210,6 +214,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         storage,
         models,
         keys,
+        cluster,
     })
 }
 
@@ -381,6 +386,54 @@ fn upstream(raw: &RawUpstream, p: &mut Problems) -> Option<Upstream> {
         idle_timeout,
         allow_plaintext: raw.allow_plaintext,
     })
+}
+
+fn cluster(raw: &RawCluster, p: &mut Problems) -> Cluster {
+    let redis_url_env = raw
+        .redis_url_env
+        .clone()
+        .unwrap_or_else(|| "KEYGATE_REDIS_URL".to_owned());
+    if redis_url_env.trim().is_empty() {
+        p.add("cluster.redis_url_env", "must name an environment variable");
+    }
+    let replicas_hint = match raw.replicas_hint {
+        None => NonZeroU32::MIN,
+        Some(n) => match u32::try_from(n).ok().and_then(NonZeroU32::new) {
+            Some(n) if n.get() <= 10_000 => n,
+            _ => {
+                p.add("cluster.replicas_hint", format!("{n} is outside 1..=10000"));
+                NonZeroU32::MIN
+            }
+        },
+    };
+    let on_redis_down = match raw.on_redis_down.as_deref() {
+        None | Some("local") => OnRedisDown::Local,
+        Some("deny") => OnRedisDown::Deny,
+        Some(other) => {
+            p.add(
+                "cluster.on_redis_down",
+                format!("{other:?} is not local or deny"),
+            );
+            OnRedisDown::Local
+        }
+    };
+    let redis_timeout = duration(
+        p,
+        "cluster.redis_timeout",
+        &raw.redis_timeout,
+        Duration::from_millis(50),
+    );
+    let lease = duration(p, "cluster.lease", &raw.lease, Duration::from_secs(60));
+    if lease < Duration::from_secs(1) {
+        p.add("cluster.lease", "must be at least 1s");
+    }
+    Cluster {
+        redis_url_env,
+        replicas_hint,
+        on_redis_down,
+        redis_timeout,
+        lease,
+    }
 }
 
 /// `localhost`, or an address in 127.0.0.0/8 or `::1`.

@@ -31,7 +31,7 @@ pub fn enter(metering: &Metering, key: &KeyPolicy) -> Result<Entry, Refusal> {
 
 /// Once the body is read: reserves the request's [`Reservation`](super::ctx::Reservation)
 /// against the key's token and money limits.
-pub fn reserve(
+pub async fn reserve(
     metering: &Metering,
     key: &KeyPolicy,
     entry: Entry,
@@ -60,7 +60,11 @@ pub fn reserve(
         cost_micros,
         month,
     };
-    metering.limits.reserve(entry, request).map_err(refusal)
+    metering
+        .limits
+        .reserve(entry, request)
+        .await
+        .map_err(refusal)
 }
 
 fn refusal(refusal: LimitRefusal) -> Refusal {
@@ -88,6 +92,7 @@ fn refusal(refusal: LimitRefusal) -> Refusal {
             headers: RateHeaders::default(),
         },
         LimitRefusal::Budget(shortfall) => Refusal::BudgetExceeded(shortfall),
+        LimitRefusal::Unavailable => Refusal::LimitsUnavailable,
     }
 }
 

@@ -232,7 +232,7 @@ async fn process(
     )
     .await?;
     let rewritten = plan::plan(rt, key, &route, &parts.headers, &body, ctx)?;
-    let admission = limit::reserve(&gw.metering, key, entry, ctx)?;
+    let admission = limit::reserve(&gw.metering, key, entry, ctx).await?;
     settlement.admission = Some(admission);
     let body = rewritten.map_or(body, Bytes::from);
 

@@ -184,7 +184,8 @@ impl Settlement {
             });
         }
         // Whole microseconds: integers format cheaply, and 0 means "did not happen".
-        let us = |d: Option<Duration>| d.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let us =
+            |d: Option<Duration>| d.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let reason = refusal.map_or("", Reason::label);
         tracing::info!(
             target: "keygate::request",

@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     latency_ms_sum INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, day, model)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS key_activity (
     key_id TEXT PRIMARY KEY,
     last_used TEXT NOT NULL
@@ -179,6 +183,32 @@ impl Ledger {
             Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?)))
         })?;
         rows.collect()
+    }
+
+    /// This ledger's replica id (made once, kept in the ledger): the name of this replica's
+    /// share of spend in a shared limit store.
+    pub fn replica_id(&self) -> rusqlite::Result<String> {
+        let existing: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'replica_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(id);
+        }
+        let id = format!("r{:016x}", rand::random::<u64>());
+        self.conn.execute(
+            "INSERT OR IGNORE INTO meta (name, value) VALUES ('replica_id', ?1)",
+            params![id],
+        )?;
+        self.conn.query_row(
+            "SELECT value FROM meta WHERE name = 'replica_id'",
+            [],
+            |r| r.get(0),
+        )
     }
 
     /// Every key's last use.
