@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 
-for tool in wrk nginx; do
+for tool in wrk nginx redis-server; do
   if ! command -v "$tool" >/dev/null && ! [ -x "/usr/sbin/$tool" ]; then
     if [ "$(id -u)" = 0 ]; then apt-get install -y -qq "$tool" >/dev/null; else echo "load.sh needs $tool (apt-get install $tool)" >&2; exit 1; fi
   fi
@@ -91,6 +91,22 @@ kg_pid=$!
 pids+=($kg_pid)
 gw=$(wait_for "$tmp/keygate.log" 'keygate listening addr=127\.0\.0\.1:[0-9]+' | cut -d= -f2)
 
+# A second keygate on the same config with its limits shared on a local redis-server: the cost
+# of sharing limits between replicas (one Lua script call per admitted request, settlements
+# pipelined). Redis runs on core 1 too; its CPU is reported apart.
+redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+taskset -c 1 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$tmp/redis.out" &
+redis_pid=$!
+pids+=($redis_pid)
+for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break; sleep 0.05; done
+sed -e "s|^path = \".*keygate.db\"|path = \"$tmp/keygate-redis.db\"|" "$tmp/keygate.toml" >"$tmp/keygate-redis.toml"
+printf '[cluster]\nredis_url_env = "BENCH_REDIS_URL"\nreplicas_hint = 2\n' >>"$tmp/keygate-redis.toml"
+BENCH_UPSTREAM_KEY=sk-bench BENCH_REDIS_URL="redis://127.0.0.1:$redis_port/0" TOKIO_WORKER_THREADS=1 RUST_LOG="${RUST_LOG:-info}" \
+  taskset -c 1 "$bin/keygate" serve --config "$tmp/keygate-redis.toml" 2>"$tmp/keygate-redis.log" &
+kgr_pid=$!
+pids+=($kgr_pid)
+gwr=$(wait_for "$tmp/keygate-redis.log" 'keygate listening addr=127\.0\.0\.1:[0-9]+' | cut -d= -f2)
+
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat >"$tmp/nginx.conf" <<NGINX
 worker_processes 1;
@@ -146,14 +162,16 @@ printf '%-13s %-6s %-9s %10s %10s %10s %14s\n' mode conns target req/s p50_us p9
 declare -A R
 for mode in $modes; do
   for conns in 1 64; do
-    for target in direct nginx keygate kg+all; do
+    for target in direct nginx keygate kg+all kg+redis; do
       script="$tmp/$mode.lua"
       case $target in
         direct) addr=$mock; pid=$kg_pid ;;
         nginx) addr=127.0.0.1:$nginx_port; pid=$nginx_pid ;;
         keygate) addr=$gw; pid=$kg_pid ;;
         kg+all) addr=$gw; pid=$kg_pid; script="$tmp/${mode}_limited.lua" ;;
+        kg+redis) addr=$gwr; pid=$kgr_pid; script="$tmp/${mode}_limited.lua" ;;
       esac
+      redis_before=$(cpu_ticks "$redis_pid")
       before=$(cpu_ticks "$pid")
       taskset -c 0 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$script" \
         "http://$addr/v1/chat/completions" >"$tmp/wrk.out"
@@ -165,6 +183,11 @@ for mode in $modes; do
       p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$tmp/wrk.out")")
       cpu=$(awk -v d="$((after - before))" -v t="$ticks" -v n="$reqs" 'BEGIN { printf "%.1f", d / t / n * 1e6 }')
       [ "$target" = direct ] && cpu="-"
+      redis_after=$(cpu_ticks "$redis_pid")
+      if [ "$target" = kg+redis ]; then
+        rcpu=$(awk -v d="$((redis_after - redis_before))" -v t="$ticks" -v n="$reqs" 'BEGIN { printf "%.1f", d / t / n * 1e6 }')
+        cpu="$cpu (+redis $rcpu)"
+      fi
       R[$mode,$conns,$target,rps]=$rps; R[$mode,$conns,$target,p50]=$p50; R[$mode,$conns,$target,cpu]=$cpu
       printf '%-13s %-6s %-9s %10s %10s %10s %14s\n' "$mode" "$conns" "$target" "$rps" "$p50" "$p99" "$cpu"
     done

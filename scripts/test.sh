@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs keygate's whole test suite on a fresh machine: installs what the tests need when it is
 # missing (a Python venv with the openai SDK; promtool from Debian's prometheus package;
-# redis-server; the deploy/ validators), then formatting, lints and every test.
+# redis-server; chromium, Node.js and playwright-core for the dashboard; the deploy/
+# validators), then formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,19 +32,40 @@ fi
 "$KEYGATE_PROMTOOL" --version >/dev/null
 export KEYGATE_PROMTOOL
 
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
+  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  fi
+}
+
 # redis-server: Debian's package, for the tests of limits shared between replicas (each test
 # starts its own server on a free loopback port).
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "== installing redis-server (Debian's package)"
-  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; then
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-  fi
+  apt_install redis-server
 fi
 KEYGATE_REDIS_SERVER=$(command -v redis-server)
 "$KEYGATE_REDIS_SERVER" --version >/dev/null
 export KEYGATE_REDIS_SERVER
+
+# The dashboard tests drive the pages in Debian's headless chromium through playwright-core
+# (tests/dashboard/, installed from npm into its node_modules).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "== installing chromium (Debian's package)"
+  apt_install chromium
+fi
+KEYGATE_CHROMIUM=$(command -v chromium)
+export KEYGATE_CHROMIUM
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "== installing nodejs and npm (Debian's packages)"
+  apt_install nodejs npm
+fi
+if [ ! -f tests/dashboard/node_modules/playwright-core/package.json ]; then
+  echo "== installing playwright-core into tests/dashboard"
+  (cd tests/dashboard && npm install --no-package-lock --no-audit --no-fund --silent)
+fi
 
 # Validators for deploy/ (hadolint, kubernetes-validate, check-jsonschema, systemd-analyze,
 # nginx -t).

@@ -14,7 +14,18 @@ fn main() -> ExitCode {
             days,
             format,
             ledgers,
-        } => cli::usage::run(&config, &ledgers, key_id.as_deref(), days, format),
+            suggest_limits,
+            by_model,
+        } => {
+            let report = if suggest_limits {
+                cli::usage::Report::SuggestLimits
+            } else if by_model {
+                cli::usage::Report::ByModel
+            } else {
+                cli::usage::Report::Daily
+            };
+            cli::usage::run(&config, &ledgers, key_id.as_deref(), days, format, report)
+        }
         Command::Keys(command) => cli::keys::run(*command),
         Command::Serve { config } => cli::serve::run(&config),
     }

@@ -34,10 +34,6 @@ pub enum Denied {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     Bearer,
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the dashboard signs in with Basic auth")
-    )]
     Basic,
 }
 

@@ -73,14 +73,19 @@ fn refresh_gauges(gw: &Gateway) {
     m.sync_ledger_dropped(metering.recorder.dropped());
 }
 
-pub async fn metrics(gw: &Gateway) -> Response<ResponseBody> {
+/// With limits shared on Redis, spend lives there: reads it for the keys this replica shows
+/// (bounded by the Redis timeout; keeps the last known figures when Redis does not answer).
+pub async fn refresh_shared_spend(gw: &Gateway) {
     if let crate::limits::Limiter::Shared(shared) = &gw.metering.limits {
-        // Spend lives in Redis: read it for the keys this replica shows.
         let rt = gw.runtime();
         let ids: Vec<std::sync::Arc<str>> = rt.config.keys.iter().map(|k| k.id.clone()).collect();
         let month = calendar::month_index(gw.metering.clock.now_utc());
         shared.refresh_spend(&ids, month).await;
     }
+}
+
+pub async fn metrics(gw: &Gateway) -> Response<ResponseBody> {
+    refresh_shared_spend(gw).await;
     refresh_gauges(gw);
     let rt = gw.runtime();
     let ids: std::collections::HashSet<&str> = rt.config.keys.iter().map(|k| &*k.id).collect();

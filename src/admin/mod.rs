@@ -1,10 +1,11 @@
 //! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz` and
-//! `GET /readyz` ([`health`]), and the token-protected admin API under `/admin/` ([`keys`],
-//! authenticated by [`auth`]). It answers only requests whose `Host` is allowed by
+//! `GET /readyz` ([`health`]), the token-protected admin API under `/admin/` ([`keys`],
+//! authenticated by [`auth`]) and the read-only [`dashboard`] under `/dashboard`. It answers only requests whose `Host` is allowed by
 //! `admin.allowed_hosts` (421 otherwise), so a web page in an operator's browser cannot read it
 //! through DNS rebinding. Defaults to 127.0.0.1:8090.
 
 mod auth;
+pub mod dashboard;
 mod health;
 mod keys;
 
@@ -48,6 +49,9 @@ pub async fn handle(
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "pass"})),
         (&Method::GET, "/readyz") => health::readyz(&gw).await,
         (_, p) if p.starts_with("/admin/") => admin_api(&gw, peer.ip().to_canonical(), req).await,
+        (&Method::GET, p) if p == "/dashboard" || p.starts_with("/dashboard/") => {
+            dashboard::handle(&gw, peer.ip().to_canonical(), &req).await
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             "unknown_route",

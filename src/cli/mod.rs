@@ -56,6 +56,15 @@ pub enum Command {
         /// ledgers.
         #[arg(long = "ledger")]
         ledgers: Vec<PathBuf>,
+        /// Per key: current per-minute limits, the busiest minute's requests and tokens over
+        /// the period, and suggested limits (peak + 20%, at least 100 requests and 10000
+        /// tokens).
+        #[arg(long, conflicts_with = "by_model")]
+        suggest_limits: bool,
+        /// Per key and model: requests, average tokens per request, cost, and the saving at
+        /// the cheapest configured model of the same scope.
+        #[arg(long)]
+        by_model: bool,
     },
     /// Manage keys.
     #[command(subcommand)]

@@ -124,15 +124,39 @@ pub fn since(days: u32) -> String {
     calendar::day(start.max(SystemTime::UNIX_EPOCH))
 }
 
+/// Which report `keygate usage` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// Per key and day, with totals.
+    Daily,
+    /// `--suggest-limits`.
+    SuggestLimits,
+    /// `--by-model`.
+    ByModel,
+}
+
 pub fn run(
     config_path: &Path,
     ledgers: &[PathBuf],
     key: Option<&str>,
     days: u32,
     format: Format,
+    report: Report,
 ) -> ExitCode {
     let days = days.clamp(1, 36_500);
     let since = since(days);
+    if report != Report::Daily {
+        return match advice(config_path, ledgers, key, &since, format, report) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rows = match read_ledgers(config_path, ledgers, key, &since) {
         Ok(rows) => rows,
         Err(e) => {
@@ -146,6 +170,166 @@ pub fn run(
     }
     print!("{}", render(&rows, &totals, &since, days, format));
     ExitCode::SUCCESS
+}
+
+/// `--suggest-limits` and `--by-model`.
+fn advice(
+    config_path: &Path,
+    ledgers: &[PathBuf],
+    key: Option<&str>,
+    since: &str,
+    format: Format,
+    report: Report,
+) -> Result<String, String> {
+    let config = crate::config::load(config_path).map_err(|e| e.problems.join("\n"))?;
+    let paths = if ledgers.is_empty() {
+        vec![config.storage.path.clone()]
+    } else {
+        ledgers.to_vec()
+    };
+    let mut out = String::new();
+    if report == Report::SuggestLimits {
+        let mut peaks = Vec::new();
+        for path in &paths {
+            let ledger = Ledger::open_read_only(path)?;
+            peaks.extend(
+                ledger
+                    .peaks(key, since)
+                    .map_err(|e| format!("cannot read the usage ledger {}: {e}", path.display()))?,
+            );
+        }
+        // Several replicas' peaks of one minute add up (each saw part of that minute).
+        let mut summed: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        for p in peaks {
+            let s = summed.entry((p.key_id, p.day)).or_default();
+            s.0 += p.peak_requests;
+            s.1 += p.peak_tokens;
+        }
+        let peaks: Vec<_> = summed
+            .into_iter()
+            .map(|((key_id, day), (r, t))| crate::usage::ledger::DailyPeak {
+                key_id,
+                day,
+                peak_requests: r,
+                peak_tokens: t,
+            })
+            .collect();
+        let rows = crate::usage::report::suggestions(&config, &peaks, key);
+        let limit = |v: Option<u64>| v.map_or_else(|| "none".to_owned(), |n| n.to_string());
+        match format {
+            Format::Json => {
+                let _ = writeln!(out, "{}", json!({"since": since, "keys": rows}));
+            }
+            Format::Csv => {
+                out.push_str("key_id,current_rpm,peak_rpm,suggested_rpm,current_tpm,peak_tpm,suggested_tpm\n");
+                for r in &rows {
+                    let _ = writeln!(
+                        out,
+                        "{},{},{},{},{},{},{}",
+                        r.key_id,
+                        limit(r.current_requests_per_minute),
+                        r.peak_requests_per_minute,
+                        r.suggested_requests_per_minute,
+                        limit(r.current_tokens_per_minute),
+                        r.peak_tokens_per_minute,
+                        r.suggested_tokens_per_minute
+                    );
+                }
+            }
+            Format::Table => {
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:>12} {:>10} {:>14} {:>12} {:>10} {:>14}",
+                    "KEY",
+                    "RPM NOW",
+                    "PEAK RPM",
+                    "SUGGESTED RPM",
+                    "TPM NOW",
+                    "PEAK TPM",
+                    "SUGGESTED TPM"
+                );
+                for r in &rows {
+                    let _ = writeln!(
+                        out,
+                        "{:<24} {:>12} {:>10} {:>14} {:>12} {:>10} {:>14}",
+                        r.key_id,
+                        limit(r.current_requests_per_minute),
+                        r.peak_requests_per_minute,
+                        r.suggested_requests_per_minute,
+                        limit(r.current_tokens_per_minute),
+                        r.peak_tokens_per_minute,
+                        r.suggested_tokens_per_minute
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "\npeaks since {since}; suggestion = max(peak x 1.2, 100) requests and max(peak x 1.2, 10000) tokens per minute"
+                );
+            }
+        }
+        return Ok(out);
+    }
+    let rows = read_ledgers(config_path, ledgers, key, since)?;
+    let uses = crate::usage::report::by_model(&config, &rows);
+    match format {
+        Format::Json => {
+            // Money as USD strings, like the daily report.
+            let models: Vec<_> = uses
+                .iter()
+                .map(|u| {
+                    json!({
+                        "key_id": u.key_id,
+                        "model": u.model,
+                        "requests": u.requests,
+                        "average_tokens": u.average_tokens,
+                        "cost_usd": usd(u.cost_micros),
+                        "cheapest_model": u.cheapest_model,
+                        "saving_usd": usd(u.saving_micros),
+                    })
+                })
+                .collect();
+            let _ = writeln!(out, "{}", json!({"since": since, "models": models}));
+        }
+        Format::Csv => {
+            out.push_str(
+                "key_id,model,requests,average_tokens,cost_usd,cheapest_model,saving_usd\n",
+            );
+            for u in &uses {
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{},{},{},{}",
+                    u.key_id,
+                    u.model,
+                    u.requests,
+                    u.average_tokens,
+                    usd(u.cost_micros),
+                    u.cheapest_model.as_deref().unwrap_or(""),
+                    usd(u.saving_micros)
+                );
+            }
+        }
+        Format::Table => {
+            let _ = writeln!(
+                out,
+                "{:<24} {:<20} {:>9} {:>10} {:>14} {:<20} {:>14}",
+                "KEY", "MODEL", "REQUESTS", "AVG TOKENS", "COST USD", "CHEAPEST", "SAVING USD"
+            );
+            for u in &uses {
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:<20} {:>9} {:>10} {:>14} {:<20} {:>14}",
+                    u.key_id,
+                    u.model,
+                    u.requests,
+                    u.average_tokens,
+                    usd(u.cost_micros),
+                    u.cheapest_model.as_deref().unwrap_or("-"),
+                    usd(u.saving_micros)
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The per-day columns the table and CSV share, in order.

@@ -6,6 +6,7 @@ pub mod calendar;
 pub mod cost;
 pub mod ledger;
 pub mod recorder;
+pub mod report;
 
 pub use ledger::Ledger;
 pub use recorder::{Recorder, UsageEvent};

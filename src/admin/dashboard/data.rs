@@ -1,0 +1,223 @@
+//! Fills the dashboard's [`model`](super::model) from the config, the live limit counters,
+//! the recent security events and the ledger (read on a blocking thread, never on the async
+//! workers). Read-only: nothing here writes the config or the ledger.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use super::model::{
+    Advice, Day, EventRow, KeyPage, KeyRow, ModelCost, Overview, Suggestion, Utilization,
+};
+use crate::config::KeyPolicy;
+use crate::events::Entry;
+use crate::keyinfo;
+use crate::state::Gateway;
+use crate::usage::ledger::{self, DailyPeak, DailyRow, Ledger};
+use crate::usage::{calendar, report};
+
+/// Days the key page covers, today included.
+pub const DAYS: u32 = 30;
+
+fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn event_row(e: &Entry) -> EventRow {
+    EventRow {
+        time: humantime::format_rfc3339_seconds(e.last).to_string(),
+        kind: e.event.kind.label(),
+        reason: e.event.reason,
+        key_id: e.event.key_id.as_deref().map(str::to_owned),
+        client_ip: e.event.client_ip.map(|ip| ip.to_string()),
+        count: e.count,
+    }
+}
+
+fn key_row(gw: &Gateway, key: &KeyPolicy, last_used: Option<String>) -> KeyRow {
+    let metering = &gw.metering;
+    let now = metering.clock.now_utc();
+    let month = calendar::month_index(now);
+    let windows = metering.limits.windows(&key.id);
+    let mut limits = Vec::new();
+    for (label, window) in [
+        ("requests/min", windows.requests),
+        ("tokens/min", windows.tokens),
+    ] {
+        if let Some(w) = window {
+            limits.push(Utilization {
+                label,
+                used: w.limit.saturating_sub(w.remaining),
+                limit: w.limit,
+            });
+        }
+    }
+    KeyRow {
+        id: key.id.to_string(),
+        name: key.name.clone(),
+        status: keyinfo::status(key, now),
+        created: time(key.created).chars().take(10).collect(),
+        last_used,
+        spend_micros: metering.limits.month_spend(&key.id, month),
+        budget_micros: key.limits.monthly_spend_micros,
+        limits,
+    }
+}
+
+/// The first day of the period.
+fn since(now: SystemTime) -> String {
+    calendar::day(
+        now.checked_sub(Duration::from_secs(u64::from(DAYS - 1) * 86_400))
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+    )
+}
+
+/// Everything the overview shows.
+pub async fn overview(gw: &Gateway) -> Overview {
+    let rt = gw.runtime();
+    let path = rt.config.storage.path.clone();
+    let used = tokio::task::spawn_blocking(move || {
+        Ledger::open_read_only(&path)
+            .ok()
+            .and_then(|l| l.last_used_all().ok())
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default();
+    Overview {
+        generated: time(gw.metering.clock.now_utc()),
+        keys: rt
+            .config
+            .keys
+            .iter()
+            .map(|k| key_row(gw, k, used.get(&*k.id).cloned()))
+            .collect(),
+        events: gw
+            .metering
+            .events
+            .recent(50)
+            .iter()
+            .map(event_row)
+            .collect(),
+    }
+}
+
+/// What the ledger says about one key over the period.
+#[derive(Default)]
+struct Recorded {
+    rows: Vec<DailyRow>,
+    peaks: Vec<DailyPeak>,
+    latency: Vec<u64>,
+    last_used: Option<String>,
+}
+
+/// Everything a key's page shows, or `None` for a key that is not configured.
+pub async fn key(gw: &Gateway, id: &str) -> Option<KeyPage> {
+    let rt = gw.runtime();
+    let key = rt.config.keys.iter().find(|k| &*k.id == id)?.clone();
+    let now = gw.metering.clock.now_utc();
+    let from = since(now);
+    let path = rt.config.storage.path.clone();
+    let (owned_id, owned_from) = (id.to_owned(), from.clone());
+    let recorded = tokio::task::spawn_blocking(move || {
+        let Ok(l) = Ledger::open_read_only(&path) else {
+            return Recorded::default();
+        };
+        Recorded {
+            rows: l.daily(Some(&owned_id), &owned_from).unwrap_or_default(),
+            peaks: l.peaks(Some(&owned_id), &owned_from).unwrap_or_default(),
+            latency: l.latency(&owned_id, &owned_from).unwrap_or_default(),
+            last_used: l.last_used(&owned_id).ok().flatten(),
+        }
+    })
+    .await
+    .unwrap_or_default();
+
+    // Every day of the period, with the days without traffic at zero.
+    let mut days: BTreeMap<String, Day> = (0..DAYS)
+        .rev()
+        .map(|back| {
+            let day = calendar::day(
+                now.checked_sub(Duration::from_secs(u64::from(back) * 86_400))
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            );
+            (
+                day.clone(),
+                Day {
+                    day,
+                    ..Day::default()
+                },
+            )
+        })
+        .collect();
+    let mut models: BTreeMap<&str, ModelCost> = BTreeMap::new();
+    for r in &recorded.rows {
+        let tokens = r.prompt_tokens.saturating_add(r.completion_tokens);
+        if let Some(d) = days.get_mut(&r.day) {
+            d.requests += r.requests;
+            d.errors += r.errors;
+            d.tokens = d.tokens.saturating_add(tokens);
+            d.cost_micros = d.cost_micros.saturating_add(r.cost_micros);
+        }
+        if !r.model.is_empty() {
+            let m = models.entry(&r.model).or_insert_with(|| ModelCost {
+                model: r.model.clone(),
+                ..ModelCost::default()
+            });
+            m.requests += r.requests;
+            m.tokens = m.tokens.saturating_add(tokens);
+            m.cost_micros = m.cost_micros.saturating_add(r.cost_micros);
+        }
+    }
+    let suggestion = report::suggestions(&rt.config, &recorded.peaks, Some(id))
+        .into_iter()
+        .next()
+        .map(|s| Suggestion {
+            peak_requests_per_minute: s.peak_requests_per_minute,
+            peak_tokens_per_minute: s.peak_tokens_per_minute,
+            current_rpm: s.current_requests_per_minute,
+            current_tpm: s.current_tokens_per_minute,
+            suggested_rpm: s.suggested_requests_per_minute,
+            suggested_tpm: s.suggested_tokens_per_minute,
+        });
+    let advice = report::by_model(&rt.config, &recorded.rows)
+        .into_iter()
+        .map(|u| Advice {
+            model: u.model,
+            requests: u.requests,
+            avg_tokens: u.average_tokens,
+            cost_micros: u.cost_micros,
+            cheapest_model: u.cheapest_model,
+            saving_micros: u.saving_micros,
+        })
+        .collect();
+    let events = gw
+        .metering
+        .events
+        .recent(1000)
+        .iter()
+        .filter(|e| e.event.key_id.as_deref() == Some(id))
+        .take(50)
+        .map(event_row)
+        .collect();
+    let percentile = |q| ledger::percentile_ms(&recorded.latency, q).map(|ms| ms as f64);
+    Some(KeyPage {
+        key: key_row(gw, &key, recorded.last_used.clone()),
+        days: days.into_values().collect(),
+        by_model: models.into_values().collect(),
+        latency_p50_ms: percentile(0.5),
+        latency_p95_ms: percentile(0.95),
+        events,
+        suggestion,
+        advice,
+    })
+}
+
+/// Recent security events across keys.
+pub fn events(gw: &Gateway) -> Vec<EventRow> {
+    gw.metering
+        .events
+        .recent(200)
+        .iter()
+        .map(event_row)
+        .collect()
+}
