@@ -422,3 +422,69 @@ async fn hand_edits_apply_within_a_second_and_broken_files_are_refused() {
         assert!(task.await.unwrap() > 10);
     }
 }
+
+/// `PATCH` is a JSON merge patch: `null` removes a setting, `[]` clears a list, an absent field
+/// is kept; required fields cannot be removed.
+#[tokio::test]
+async fn patch_removes_with_null_and_clears_with_an_empty_list() {
+    let s = Setup::new(&[(
+        "app",
+        "scopes = [\"chat\"]\nallowed_ips = [\"203.0.113.0/24\"]\nexpires = 2030-01-01T00:00:00Z\nlimits = { requests_per_minute = 1, tokens_per_minute = 50000, default_max_tokens = 64 }",
+    )])
+    .await;
+    let key = s.key("app");
+    assert_eq!(chat_status(&s.gw, key).await, 403, "outside allowed_ips");
+    let patched = call(
+        &s.gw,
+        Method::PATCH,
+        "/admin/keys/app",
+        Some(json!({
+            "allowed_ips": [],
+            "expires_in": null,
+            "limits": {"requests_per_minute": null, "default_max_tokens": null, "max_concurrent_requests": 4}
+        })),
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    let v = patched.json();
+    assert_eq!(v["allowed_ips"], json!([]));
+    assert!(v["expires"].is_null(), "{v}");
+    assert!(v["limits"]["requests_per_minute"].is_null(), "{v}");
+    assert!(v["limits"]["default_max_tokens"].is_null(), "{v}");
+    assert_eq!(v["limits"]["tokens_per_minute"], 50000, "absent: kept");
+    assert_eq!(v["limits"]["max_concurrent_requests"], 4);
+    // Applied at once: any address, no request limit.
+    for _ in 0..3 {
+        assert_eq!(chat_status(&s.gw, key).await, 200);
+    }
+    // `"limits": null` removes every limit of the key.
+    let v = call(
+        &s.gw,
+        Method::PATCH,
+        "/admin/keys/app",
+        Some(json!({"limits": null})),
+    )
+    .await
+    .json();
+    assert!(
+        v["limits"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(Value::is_null),
+        "{v}"
+    );
+    assert!(
+        !std::fs::read_to_string(s.gw.config_path())
+            .unwrap()
+            .contains("limits =")
+    );
+    // Required fields cannot be removed; the file is untouched.
+    let before = std::fs::read_to_string(s.gw.config_path()).unwrap();
+    for body in [json!({"name": null}), json!({"scopes": null})] {
+        let a = call(&s.gw, Method::PATCH, "/admin/keys/app", Some(body)).await;
+        assert_eq!(a.status, 400, "{}", a.text());
+        assert!(a.text().contains("cannot be removed"));
+    }
+    assert_eq!(std::fs::read_to_string(s.gw.config_path()).unwrap(), before);
+}

@@ -165,3 +165,77 @@ fn the_grafana_dashboard_is_well_formed_and_every_query_parses() {
         "{report}"
     );
 }
+
+/// Two scrapes of a real gateway, a minute apart in promtool's eyes, as a rules unit test:
+/// a key whose small budget cannot cover a request's worst case is refused, and the shipped
+/// `KeygateBudgetExhausted` fires for it although its spend is far from 100%.
+#[tokio::test]
+async fn budget_refusals_of_a_real_gateway_fire_the_budget_alert() {
+    use common::*;
+    // $0.004 left; a request without max_tokens reserves 4096 output tokens at $1.10/M.
+    let s = Setup::new(&[
+        (
+            "tiny",
+            "scopes = [\"chat\"]\nlimits = { monthly_spend_usd = 0.004 }",
+        ),
+        (
+            "roomy",
+            "scopes = [\"chat\"]\nlimits = { monthly_spend_usd = 100 }",
+        ),
+    ])
+    .await;
+    assert_eq!(
+        chat_request(&s.gw.url("/v1/chat/completions"), s.key("roomy"))
+            .await
+            .status,
+        200
+    );
+    let scrape = || async {
+        let a = get(&s.gw.admin_url("/metrics"), None).await;
+        assert_eq!(a.status, 200);
+        a.text()
+    };
+    let before = scrape().await;
+    let refused = chat_request(&s.gw.url("/v1/chat/completions"), s.key("tiny")).await;
+    assert_eq!(refused.code(), "budget_exceeded", "{}", refused.text());
+    let after = scrape().await;
+
+    let samples = |text: &str| -> std::collections::BTreeMap<String, String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_owned(), value.to_owned()))
+            })
+            .collect()
+    };
+    let (before, after) = (samples(&before), samples(&after));
+    let mut input = String::new();
+    for (series, value) in &after {
+        // Only the series the budget alerts read, so the test stays small.
+        if ![
+            "keygate_key_spend_usd",
+            "keygate_key_limit",
+            "keygate_rate_limited_total",
+        ]
+        .iter()
+        .any(|m| series.starts_with(&format!("{m}{{")))
+        {
+            continue;
+        }
+        let old = before.get(series).map_or("0", String::as_str);
+        input.push_str(&format!(
+            "  - series: '{series}'\n    values: '{old} {value} {value}'\n"
+        ));
+    }
+    assert!(input.contains("limit=\"spend\""), "{input}");
+    let test = format!(
+        "rule_files:\n  - {}\ntests:\n- interval: 1m\n  input_series:\n{input}  alert_rule_test:\n  - eval_time: 2m\n    alertname: KeygateBudgetExhausted\n    exp_alerts:\n    - exp_labels:\n        severity: critical\n        key: tiny\n      exp_annotations:\n        summary: Key tiny is refused for its monthly budget\n        description: \"Spend has reached the budget, or what is left cannot cover a request's worst-case cost: requests get budget_exceeded until the next UTC month, a higher budget or a smaller max_tokens. `keygate keys diagnose` gives the numbers.\"\n",
+        deploy("prometheus/alerts.yml").display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("real_scrape_test.yml");
+    std::fs::write(&file, &test).unwrap();
+    let report = run_promtool(&["test", "rules"], &[&file]);
+    assert!(report.contains("SUCCESS"), "{report}\n{test}");
+}

@@ -173,7 +173,7 @@ pub async fn readyz(gw: &Gateway) -> Response<ResponseBody> {
 
     let mut busiest: Option<(f64, &str, &str)> = None;
     for key in &rt.config.keys {
-        let w = metering.limits.windows(&key.id);
+        let w = metering.limits.windows(&key.id, &key.limits);
         for (kind, window) in [("requests", w.requests), ("tokens", w.tokens)] {
             if let Some(w) = window {
                 let used = 1.0 - w.remaining as f64 / (w.limit.max(1)) as f64;

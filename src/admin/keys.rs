@@ -10,7 +10,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::edit::{self, EditError, KeyFields, NewKey};
+use crate::config::edit::{self, Change, EditError, KeyFields, NewKey};
 use crate::events::Event;
 use crate::keyinfo::{self, KeyUse};
 use crate::state::Gateway;
@@ -26,30 +26,54 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Answer {
     )
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct LimitsBody {
-    requests_per_minute: Option<u64>,
-    tokens_per_minute: Option<u64>,
-    monthly_spend_usd: Option<f64>,
-    max_concurrent_requests: Option<u64>,
+/// A field of a JSON merge patch (RFC 7396): absent keeps, `null` removes, a value sets.
+fn patch<'de, D, T>(d: D) -> Result<Change<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.map_or(Change::Remove, Change::Set))
 }
 
-/// The body of `POST /admin/keys` and `PATCH /admin/keys/{id}`.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    #[serde(default, deserialize_with = "patch")]
+    requests_per_minute: Change<u64>,
+    #[serde(default, deserialize_with = "patch")]
+    tokens_per_minute: Change<u64>,
+    #[serde(default, deserialize_with = "patch")]
+    monthly_spend_usd: Change<f64>,
+    #[serde(default, deserialize_with = "patch")]
+    max_concurrent_requests: Change<u64>,
+    #[serde(default, deserialize_with = "patch")]
+    default_max_tokens: Change<u64>,
+}
+
+/// The body of `POST /admin/keys` and `PATCH /admin/keys/{id}`: a JSON merge patch, so on
+/// `PATCH` `null` removes a setting (`"limits": null` every limit of the key) and `[]` clears a
+/// list.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct KeyBody {
-    name: Option<String>,
-    description: Option<String>,
+    #[serde(default, deserialize_with = "patch")]
+    name: Change<String>,
+    #[serde(default, deserialize_with = "patch")]
+    description: Change<String>,
     environment: Option<String>,
-    scopes: Option<Vec<String>>,
-    models: Option<Vec<String>>,
-    allowed_ips: Option<Vec<String>>,
-    allowed_referrers: Option<Vec<String>>,
-    #[serde(default)]
-    limits: LimitsBody,
-    /// A lifetime from now, like "90d".
-    expires_in: Option<String>,
+    #[serde(default, deserialize_with = "patch")]
+    scopes: Change<Vec<String>>,
+    #[serde(default, deserialize_with = "patch")]
+    models: Change<Vec<String>>,
+    #[serde(default, deserialize_with = "patch")]
+    allowed_ips: Change<Vec<String>>,
+    #[serde(default, deserialize_with = "patch")]
+    allowed_referrers: Change<Vec<String>>,
+    #[serde(default, deserialize_with = "patch")]
+    limits: Change<LimitsBody>,
+    /// A lifetime from now, like "90d"; `null` or "never" removes the expiry.
+    #[serde(default, deserialize_with = "patch")]
+    expires_in: Change<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -71,22 +95,58 @@ fn duration(text: &str, field: &str) -> Result<Duration, Answer> {
 impl KeyBody {
     fn fields(&self, now: SystemTime) -> Result<KeyFields, Answer> {
         let expires = match &self.expires_in {
-            Some(t) => Some(
+            Change::Keep => Change::Keep,
+            Change::Remove => Change::Remove,
+            Change::Set(t) if t.eq_ignore_ascii_case("never") => Change::Remove,
+            Change::Set(t) => Change::Set(
                 edit::later(now, duration(t, "expires_in")?, "expires_in").map_err(edit_error)?,
             ),
-            None => None,
+        };
+        let limits = match &self.limits {
+            Change::Keep => LimitsBody::default(),
+            Change::Set(l) => l.clone(),
+            Change::Remove => LimitsBody {
+                requests_per_minute: Change::Remove,
+                tokens_per_minute: Change::Remove,
+                monthly_spend_usd: Change::Remove,
+                max_concurrent_requests: Change::Remove,
+                default_max_tokens: Change::Remove,
+            },
+        };
+        let required = |field: &str| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("{field} cannot be removed, only changed"),
+            )
+        };
+        let name = match &self.name {
+            Change::Keep => None,
+            Change::Set(n) => Some(n.clone()),
+            Change::Remove => return Err(required("name")),
+        };
+        let scopes = match &self.scopes {
+            Change::Keep => None,
+            Change::Set(s) => Some(s.clone()),
+            Change::Remove => return Err(required("scopes")),
+        };
+        let description = match &self.description {
+            Change::Keep => None,
+            Change::Set(d) => Some(d.clone()),
+            Change::Remove => Some(String::new()),
         };
         Ok(KeyFields {
-            name: self.name.clone(),
-            description: self.description.clone(),
-            scopes: self.scopes.clone(),
+            name,
+            description,
+            scopes,
             models: self.models.clone(),
             allowed_ips: self.allowed_ips.clone(),
             allowed_referrers: self.allowed_referrers.clone(),
-            requests_per_minute: self.limits.requests_per_minute,
-            tokens_per_minute: self.limits.tokens_per_minute,
-            monthly_spend_usd: self.limits.monthly_spend_usd,
-            max_concurrent_requests: self.limits.max_concurrent_requests,
+            requests_per_minute: limits.requests_per_minute,
+            tokens_per_minute: limits.tokens_per_minute,
+            monthly_spend_usd: limits.monthly_spend_usd,
+            max_concurrent_requests: limits.max_concurrent_requests,
+            default_max_tokens: limits.default_max_tokens,
             expires,
         })
     }
@@ -224,7 +284,7 @@ fn describe_with(gw: &Gateway, id: &str, last_used: &HashMap<String, String>) ->
     let usage = KeyUse {
         last_used: last_used.get(id).cloned(),
         month_spend_micros: metering.limits.month_spend(id, calendar::month_index(now)),
-        windows: Some(metering.limits.windows(id)),
+        windows: Some(metering.limits.windows(id, &key.limits)),
     };
     Some(keyinfo::describe(key, now, &usage))
 }
@@ -259,7 +319,8 @@ pub async fn handle(
             }
             (&Method::POST, ["keys"]) => {
                 let b: KeyBody = parse(body)?;
-                let (Some(name), Some(environment)) = (b.name.clone(), b.environment.clone())
+                let (Change::Set(name), Some(environment)) =
+                    (b.name.clone(), b.environment.clone())
                 else {
                     return Err(error(
                         StatusCode::BAD_REQUEST,
@@ -269,7 +330,10 @@ pub async fn handle(
                 };
                 let spec = NewKey {
                     name,
-                    description: b.description.clone().unwrap_or_default(),
+                    description: match &b.description {
+                        Change::Set(d) => d.clone(),
+                        _ => String::new(),
+                    },
                     environment,
                     fields: KeyFields {
                         name: None,

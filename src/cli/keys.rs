@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{KeyFlags, KeysCommand, ListFormat};
 use crate::auth::{ApiKey, key};
-use crate::config::edit::{self, EditError, KeyFields, NewKey};
+use crate::config::edit::{self, Change, EditError, KeyFields, NewKey};
 use crate::config::{Config, KeyPolicy};
 use crate::keyinfo::{self, KeyUse};
 use crate::usage::cost::format_usd;
@@ -38,6 +38,7 @@ pub fn run(command: KeysCommand) -> ExitCode {
         } => fields(&flags, name).and_then(|f| {
             edit::update(&config.config, &id, &f).map_err(|e| e.to_string())?;
             println!("updated {id}");
+            inherited_note(&config.config, &id, &f.removed_limits());
             Ok(())
         }),
         KeysCommand::Deactivate { id, config } => set_active(&config.config, &id, false),
@@ -85,29 +86,69 @@ pub fn generate(json: bool) {
     }
 }
 
+/// `--allow-ip`/`--allow-referrer` values: none given keeps the list, `none` alone clears it.
+fn list_flag(values: &[String], flag: &str) -> Result<Change<Vec<String>>, String> {
+    match values {
+        [] => Ok(Change::Keep),
+        [one] if one.eq_ignore_ascii_case("none") => Ok(Change::Set(Vec::new())),
+        many if many.iter().any(|v| v.eq_ignore_ascii_case("none")) => Err(format!(
+            "{flag} none clears the list and cannot be combined with other values"
+        )),
+        many => Ok(Change::Set(many.to_vec())),
+    }
+}
+
 fn fields(flags: &KeyFlags, name: Option<String>) -> Result<KeyFields, String> {
-    let expires = match &flags.expires {
-        Some(t) => {
-            let d = humantime::parse_duration(t)
-                .map_err(|e| format!("--expires {t:?} is not a duration like 90d: {e}"))?;
-            Some(edit::later(SystemTime::now(), d, "--expires").map_err(|e| e.to_string())?)
+    let expires = match flags.expires {
+        None => Change::Keep,
+        Some(Change::Set(d)) => {
+            Change::Set(edit::later(SystemTime::now(), d, "--expires").map_err(|e| e.to_string())?)
         }
-        None => None,
+        Some(Change::Keep) => Change::Keep,
+        Some(Change::Remove) => Change::Remove,
     };
-    let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     Ok(KeyFields {
         name,
         description: flags.description.clone(),
         scopes: flags.scopes.clone(),
-        models: flags.models.clone(),
-        allowed_ips: list(&flags.allow_ip),
-        allowed_referrers: list(&flags.allow_referrer),
-        requests_per_minute: flags.rpm,
-        tokens_per_minute: flags.tpm,
-        monthly_spend_usd: flags.monthly_budget,
-        max_concurrent_requests: flags.max_concurrent,
+        models: Change::from_option(flags.models.clone()),
+        allowed_ips: list_flag(&flags.allow_ip, "--allow-ip")?,
+        allowed_referrers: list_flag(&flags.allow_referrer, "--allow-referrer")?,
+        requests_per_minute: flags.rpm.clone().unwrap_or_default(),
+        tokens_per_minute: flags.tpm.clone().unwrap_or_default(),
+        monthly_spend_usd: flags.monthly_budget.clone().unwrap_or_default(),
+        max_concurrent_requests: flags.max_concurrent.clone().unwrap_or_default(),
+        default_max_tokens: flags.default_max_tokens.clone().unwrap_or_default(),
         expires,
     })
+}
+
+/// After removing limits from a key: says which ones its environment still sets.
+fn inherited_note(path: &Path, id: &str, removed: &[&str]) {
+    if removed.is_empty() {
+        return;
+    }
+    let Ok(config) = load(path) else { return };
+    let Some(key) = config.keys.iter().find(|k| &*k.id == id) else {
+        return;
+    };
+    let l = &key.limits;
+    for name in removed {
+        let still = match *name {
+            "requests_per_minute" => l.requests_per_minute.map(|n| n.to_string()),
+            "tokens_per_minute" => l.tokens_per_minute.map(|n| n.to_string()),
+            "max_concurrent_requests" => l.max_concurrent_requests.map(|n| n.to_string()),
+            "default_max_tokens" => l.default_max_tokens.map(|n| n.to_string()),
+            "monthly_spend_usd" => l.monthly_spend_micros.map(crate::usage::cost::format_usd),
+            _ => None,
+        };
+        if let Some(v) = still {
+            println!(
+                "note: {name} is still {v}, the default of environment {:?}",
+                key.environment.name()
+            );
+        }
+    }
 }
 
 fn create(
@@ -173,30 +214,41 @@ fn load(path: &Path) -> Result<Config, String> {
     crate::config::load(path).map_err(|e| e.to_string())
 }
 
-/// What the ledger (and, if reachable, the running gateway) knows of a key's use.
-fn key_use(config: &Config, ledger: Option<&Ledger>, id: &str, month: u32) -> KeyUse {
+/// What the ledger (and, if reachable, the running gateway) knows of a key's use; with the
+/// reason the live windows are missing, when they are.
+fn key_use(
+    config: &Config,
+    ledger: Option<&Ledger>,
+    id: &str,
+    month: u32,
+) -> (KeyUse, Option<String>) {
     let spend = ledger
         .and_then(|l| l.month_spend(month).ok())
         .and_then(|m| m.get(id).copied());
-    KeyUse {
+    let (windows, why) = match live_windows(config, id) {
+        Ok(w) => (Some(w), None),
+        Err(why) => (None, Some(why)),
+    };
+    let usage = KeyUse {
         last_used: ledger.and_then(|l| l.last_used(id).ok().flatten()),
         month_spend_micros: spend.unwrap_or(0),
-        windows: live_windows(config, id),
-    }
+        windows,
+    };
+    (usage, why)
 }
 
 fn list(path: &Path, format: ListFormat) -> Result<(), String> {
     let config = load(path)?;
     let ledger = Ledger::open_read_only(&config.storage.path).ok();
     let now = SystemTime::now();
-    let rows: Vec<(&KeyPolicy, String)> = config
+    let rows: Vec<(&KeyPolicy, Option<String>)> = config
         .keys
         .iter()
         .map(|k| {
             let last = ledger
                 .as_ref()
                 .and_then(|l| l.last_used(&k.id).ok().flatten());
-            (k.as_ref(), last.unwrap_or_else(|| "never".into()))
+            (k.as_ref(), last)
         })
         .collect();
     let created = |k: &KeyPolicy| humantime::format_rfc3339_seconds(k.created).to_string();
@@ -208,11 +260,12 @@ fn list(path: &Path, format: ListFormat) -> Result<(), String> {
             );
             for (k, last) in rows {
                 println!(
-                    "{:<22} {:<24} {:<9} {:<21} {last}",
+                    "{:<22} {:<24} {:<9} {:<21} {}",
                     &*k.id,
                     k.name,
                     keyinfo::status(k, now),
-                    created(k)
+                    created(k),
+                    last.as_deref().unwrap_or("never")
                 );
             }
         }
@@ -220,11 +273,12 @@ fn list(path: &Path, format: ListFormat) -> Result<(), String> {
             println!("id,name,status,created,last_used");
             for (k, last) in rows {
                 println!(
-                    "{},{},{},{},{last}",
+                    "{},{},{},{},{}",
                     &*k.id,
                     csv_field(&k.name),
                     keyinfo::status(k, now),
-                    created(k)
+                    created(k),
+                    last.as_deref().unwrap_or("")
                 );
             }
         }
@@ -256,7 +310,7 @@ fn show(path: &Path, id: &str, as_json: bool) -> Result<(), String> {
         .ok_or_else(|| EditError::NotFound(id.into()).to_string())?;
     let ledger = Ledger::open_read_only(&config.storage.path).ok();
     let now = SystemTime::now();
-    let usage = key_use(&config, ledger.as_ref(), id, calendar::month_index(now));
+    let (usage, unavailable) = key_use(&config, ledger.as_ref(), id, calendar::month_index(now));
     let v = keyinfo::describe(key, now, &usage);
     if as_json {
         println!("{v:#}");
@@ -264,29 +318,35 @@ fn show(path: &Path, id: &str, as_json: bool) -> Result<(), String> {
     }
     if let Some(obj) = v.as_object() {
         for (field, value) in obj {
-            let text = match value {
-                Value::Null => "-".to_owned(),
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
+            let text = match (field.as_str(), value) {
+                ("budget_used", Value::Number(n)) => {
+                    format!("{:.2}%", n.as_f64().unwrap_or(0.0) * 100.0)
+                }
+                ("current_window", Value::Null) => format!(
+                    "unavailable: {}",
+                    unavailable.as_deref().unwrap_or("unknown")
+                ),
+                (_, Value::Null) => "-".to_owned(),
+                (_, Value::String(s)) => s.clone(),
+                (_, other) => other.to_string(),
             };
             println!("{field:<28} {text}");
         }
-    }
-    if usage.windows.is_none() {
-        println!(
-            "{:<28} unavailable (the gateway's admin API is not reachable from here)",
-            "current_window"
-        );
     }
     Ok(())
 }
 
 /// The running gateway's view of a key's request and token windows, through its admin API
-/// (needs the admin token in the environment, as the gateway does).
-fn live_windows(config: &Config, id: &str) -> Option<crate::limits::RateHeaders> {
-    let token = std::env::var(&config.admin.token_env)
+/// (needs the admin token in the environment, as the gateway does); else why not, in words an
+/// operator can act on.
+fn live_windows(config: &Config, id: &str) -> Result<crate::limits::RateHeaders, String> {
+    let env = &config.admin.token_env;
+    let token = std::env::var(env)
         .ok()
-        .filter(|t| !t.trim().is_empty())?;
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| {
+            format!("{env} is not set here, so the gateway's admin API cannot be asked")
+        })?;
     let mut addr = config.admin.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
@@ -294,27 +354,46 @@ fn live_windows(config: &Config, id: &str) -> Option<crate::limits::RateHeaders>
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .ok()?;
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
     let body: Value = rt.block_on(async {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<http_body_util::Full<bytes::Bytes>>();
-        let req = http::Request::get(format!("http://{addr}/admin/keys/{id}"))
+        let url = format!("http://{addr}/admin/keys/{id}");
+        let req = http::Request::get(&url)
             .header("authorization", format!("Bearer {}", token.trim()))
             .body(http_body_util::Full::default())
-            .ok()?;
-        let resp = tokio::time::timeout(Duration::from_secs(1), client.request(req))
-            .await
-            .ok()?
-            .ok()?;
-        if !resp.status().is_success() {
-            return None;
+            .map_err(|e| e.to_string())?;
+        let resp = match tokio::time::timeout(Duration::from_secs(2), client.request(req)).await {
+            Err(_) => return Err(format!("the admin API at {addr} did not answer within 2 s")),
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "the admin API at {addr} is not reachable ({}): is the gateway running?",
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
+                ));
+            }
+            Ok(Ok(r)) => r,
+        };
+        match resp.status() {
+            s if s.is_success() => {}
+            http::StatusCode::UNAUTHORIZED => {
+                return Err(format!(
+                    "the admin API at {addr} refused the token in {env}: it is not the gateway's admin token"
+                ));
+            }
+            http::StatusCode::NOT_FOUND => {
+                return Err(format!(
+                    "the gateway at {addr} does not know key {id} yet (it reloads the file within a second or two)"
+                ));
+            }
+            s => return Err(format!("the admin API at {addr} answered {s}")),
         }
         let bytes = http_body_util::BodyExt::collect(resp.into_body())
             .await
-            .ok()?
+            .map_err(|e| format!("the admin API at {addr} broke off: {e}"))?
             .to_bytes();
-        serde_json::from_slice(&bytes).ok()
+        serde_json::from_slice(&bytes)
+            .map_err(|e| format!("the admin API at {addr} sent invalid JSON: {e}"))
     })?;
     let window = |v: &Value| {
         Some(crate::limits::Window {
@@ -323,8 +402,11 @@ fn live_windows(config: &Config, id: &str) -> Option<crate::limits::RateHeaders>
             reset: Duration::ZERO,
         })
     };
-    let w = body.get("current_window")?;
-    Some(crate::limits::RateHeaders {
+    let w = body
+        .get("current_window")
+        .filter(|w| !w.is_null())
+        .ok_or("the key has no per-minute limits")?;
+    Ok(crate::limits::RateHeaders {
         requests: w.get("requests").and_then(window),
         tokens: w.get("tokens").and_then(window),
     })
@@ -476,7 +558,7 @@ fn diagnose(path: &Path, presented: &str) -> Result<(), String> {
     }
 
     let ledger = Ledger::open_read_only(&config.storage.path).ok();
-    let usage = key_use(&config, ledger.as_ref(), &k.id, calendar::month_index(now));
+    let (usage, unavailable) = key_use(&config, ledger.as_ref(), &k.id, calendar::month_index(now));
     if let Some(budget) = k.limits.monthly_spend_micros {
         let used = if budget == 0 {
             1.0
@@ -489,6 +571,9 @@ fn diagnose(path: &Path, presented: &str) -> Result<(), String> {
             format_usd(budget),
             used * 100.0
         );
+        let left = budget.saturating_sub(usage.month_spend_micros);
+        let reservations = default_reservations(&config, k);
+        let fitting = reservations.iter().filter(|r| r.cost <= left).count();
         if used >= 1.0 {
             say(
                 false,
@@ -496,6 +581,22 @@ fn diagnose(path: &Path, presented: &str) -> Result<(), String> {
                     "{line}: budget exhausted, requests get 429 budget_exceeded until next month or a higher limit"
                 ),
             );
+        } else if !reservations.is_empty() && fitting == 0 {
+            // Even the cheapest request without max_tokens cannot be reserved.
+            let r = reservations.iter().min_by_key(|r| r.cost).copied();
+            if let Some(r) = r {
+                say(
+                    false,
+                    format!(
+                        "{line}: a request without max_tokens on {} reserves up to ${} (max_tokens {} by default), more than the ${} left, so it gets 429 budget_exceeded. {}",
+                        r.model,
+                        format_usd(r.cost),
+                        r.cap,
+                        format_usd(left),
+                        fix(&r, left, &k.id)
+                    ),
+                );
+            }
         } else {
             say(
                 true,
@@ -505,6 +606,16 @@ fn diagnose(path: &Path, presented: &str) -> Result<(), String> {
                     line
                 },
             );
+            for r in reservations.iter().filter(|r| r.cost > left) {
+                println!(
+                    "     WARNING: a request without max_tokens on {} reserves up to ${} (max_tokens {} by default), more than the ${} left: it gets 429 budget_exceeded. {}",
+                    r.model,
+                    format_usd(r.cost),
+                    r.cap,
+                    format_usd(left),
+                    fix(r, left, &k.id)
+                );
+            }
         }
     }
     match usage.windows {
@@ -529,7 +640,8 @@ fn diagnose(path: &Path, presented: &str) -> Result<(), String> {
             }
         }
         None => println!(
-            "     current rate-limit windows: unavailable (the gateway's admin API is not reachable)"
+            "     current rate-limit windows: unavailable: {}",
+            unavailable.as_deref().unwrap_or("unknown")
         ),
     }
     println!(
@@ -541,5 +653,68 @@ fn diagnose(path: &Path, presented: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{problems} problem(s) found"))
+    }
+}
+
+/// What a small request without `max_tokens` reserves against a budget on one model.
+#[derive(Debug, Clone, Copy)]
+struct DefaultReservation<'a> {
+    model: &'a str,
+    /// The completion cap it runs with: the key's `default_max_tokens`, else the model's, else
+    /// 4096.
+    cap: u64,
+    cost: u64,
+    /// Micro-dollars per million output tokens, to say which cap would fit.
+    output_price: u64,
+    prompt_cost: u64,
+}
+
+/// A short chat's body, for the prompt part of the reservation.
+const SMALL_REQUEST_BYTES: usize = 200;
+
+/// Per model the key may use: what a small request without `max_tokens` reserves.
+fn default_reservations<'a>(config: &'a Config, k: &KeyPolicy) -> Vec<DefaultReservation<'a>> {
+    use crate::limits::estimate;
+    config
+        .models
+        .iter()
+        .filter(|m| k.scopes.contains(m.scope))
+        .filter(|m| {
+            k.models
+                .as_ref()
+                .is_none_or(|allowed| allowed.iter().any(|a| *a == m.name))
+        })
+        .filter(|m| m.per_request_micros.is_none() || m.price.output > 0)
+        .map(|m| {
+            let cap = k
+                .limits
+                .default_max_tokens
+                .or(m.default_max_tokens)
+                .map_or(estimate::DEFAULT_MAX_TOKENS, |n| u64::from(n.get()));
+            let prompt = estimate::prompt_ceiling(SMALL_REQUEST_BYTES);
+            DefaultReservation {
+                model: &m.name,
+                cap,
+                cost: crate::usage::cost::worst_case(&m.price, prompt, cap),
+                output_price: m.price.output,
+                prompt_cost: crate::usage::cost::worst_case(&m.price, prompt, 0),
+            }
+        })
+        .collect()
+}
+
+/// How to make such a request fit in what is left.
+fn fix(r: &DefaultReservation<'_>, left: u64, id: &str) -> String {
+    let fits = left
+        .saturating_sub(r.prompt_cost)
+        .saturating_mul(1_000_000)
+        .checked_div(r.output_price)
+        .unwrap_or(0);
+    if fits == 0 {
+        "Raise monthly_spend_usd: not even a short prompt fits.".to_owned()
+    } else {
+        format!(
+            "Send max_tokens of at most {fits} (a short prompt), lower the key's default_max_tokens (`keygate keys update {id} --default-max-tokens {fits}`), or raise monthly_spend_usd."
+        )
     }
 }

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::edit::Change;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "keygate",
@@ -71,14 +73,17 @@ pub enum Command {
     Keys(Box<KeysCommand>),
 }
 
-/// `--config`, shared by every `keys` subcommand.
+// `--config`, shared by every `keys` subcommand. (A plain comment: clap would show a doc
+// comment here as the text of a subcommand that has none.)
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
     #[arg(long, default_value = "config/keygate.toml")]
     pub config: PathBuf,
 }
 
-/// Settings a key can be created or updated with.
+/// Settings a key can be created or updated with. On `update`, `none` removes a limit (the
+/// key falls back to its environment's default, if any), `never` removes the expiry and
+/// `--allow-ip none` / `--allow-referrer none` clear the lists.
 #[derive(Debug, Default, clap::Args)]
 pub struct KeyFlags {
     /// Comma-separated scopes (chat, code, image, audio, embeddings, files, fine_tuning).
@@ -87,29 +92,69 @@ pub struct KeyFlags {
     /// Comma-separated models the key may use.
     #[arg(long, value_delimiter = ',')]
     pub models: Option<Vec<String>>,
-    /// Requests per minute.
-    #[arg(long)]
-    pub rpm: Option<u64>,
-    /// Tokens per minute.
-    #[arg(long)]
-    pub tpm: Option<u64>,
-    /// Monthly spending limit in USD.
-    #[arg(long)]
-    pub monthly_budget: Option<f64>,
-    /// Concurrent requests.
-    #[arg(long)]
-    pub max_concurrent: Option<u64>,
-    /// An address or CIDR the key may be used from (repeatable; replaces the list).
-    #[arg(long = "allow-ip")]
+    /// Requests per minute, or `none`.
+    #[arg(long, value_name = "N|none", value_parser = count)]
+    pub rpm: Option<Change<u64>>,
+    /// Tokens per minute, or `none`.
+    #[arg(long, value_name = "N|none", value_parser = count)]
+    pub tpm: Option<Change<u64>>,
+    /// Monthly spending limit in USD, or `none`.
+    #[arg(long, value_name = "USD|none", value_parser = usd)]
+    pub monthly_budget: Option<Change<f64>>,
+    /// Concurrent requests, or `none`.
+    #[arg(long, value_name = "N|none", value_parser = count)]
+    pub max_concurrent: Option<Change<u64>>,
+    /// Completion tokens reserved (and written upstream) for a request that sets no
+    /// `max_tokens`, or `none`.
+    #[arg(long, value_name = "N|none", value_parser = count)]
+    pub default_max_tokens: Option<Change<u64>>,
+    /// An address or CIDR the key may be used from (repeatable; replaces the list; `none`
+    /// clears it: any address).
+    #[arg(long = "allow-ip", value_name = "CIDR|none")]
     pub allow_ip: Vec<String>,
-    /// A referrer pattern like 'https://example.com/*' (repeatable; replaces the list).
-    #[arg(long = "allow-referrer")]
+    /// A referrer pattern like 'https://example.com/*' (repeatable; replaces the list; `none`
+    /// clears it: any referrer).
+    #[arg(long = "allow-referrer", value_name = "PATTERN|none")]
     pub allow_referrer: Vec<String>,
-    /// Lifetime from now, like 90d.
-    #[arg(long)]
-    pub expires: Option<String>,
+    /// Lifetime from now, like 90d, or `never`.
+    #[arg(long, value_name = "DURATION|never", value_parser = lifetime)]
+    pub expires: Option<Change<std::time::Duration>>,
     #[arg(long)]
     pub description: Option<String>,
+}
+
+/// `N` (at least 1) or `none`.
+fn count(s: &str) -> Result<Change<u64>, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(Change::Remove);
+    }
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1; `none` removes the limit".into()),
+        Ok(n) if n > u64::from(u32::MAX) => Err(format!("must be at most {}", u32::MAX)),
+        Ok(n) => Ok(Change::Set(n)),
+        Err(_) => Err(format!("{s:?} is not a whole number or `none`")),
+    }
+}
+
+/// An amount of USD (0 stops the key's paid requests) or `none`.
+fn usd(s: &str) -> Result<Change<f64>, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(Change::Remove);
+    }
+    crate::config::validate::usd_micros(s.parse::<f64>().map_err(|_| {
+        format!("{s:?} is not an amount of USD or `none` (which removes the budget)")
+    })?)
+    .map(|micros| Change::Set(micros as f64 / 1e6))
+}
+
+/// A duration like `90d` or `never`.
+fn lifetime(s: &str) -> Result<Change<std::time::Duration>, String> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(Change::Remove);
+    }
+    humantime::parse_duration(s)
+        .map(Change::Set)
+        .map_err(|e| format!("{s:?} is not a duration like 90d or `never`: {e}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +205,7 @@ pub enum KeysCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Accept a deactivated key again.
     Activate {
         id: String,
         #[command(flatten)]

@@ -76,20 +76,81 @@ pub struct NewKey {
     pub expires_in: Option<Duration>,
 }
 
-/// Settings that `create` and `update` can set. `None` leaves a field as it is.
+/// What an edit does to one optional setting of a key.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub enum Change<T> {
+    /// Leave it as it is.
+    #[default]
+    Keep,
+    /// Set it to this value (an empty list clears a list).
+    Set(T),
+    /// Remove it from the key's table, so the key falls back to its environment's default (or
+    /// to no such setting when the environment sets none).
+    Remove,
+}
+
+impl<T> Change<T> {
+    /// `Set(v)` when there is a value, `Keep` otherwise.
+    pub fn from_option(v: Option<T>) -> Self {
+        v.map_or(Change::Keep, Change::Set)
+    }
+
+    /// A new key has nothing to remove: `Remove` becomes `Keep`.
+    fn for_new_key(self) -> Self {
+        match self {
+            Change::Remove => Change::Keep,
+            other => other,
+        }
+    }
+}
+
+/// Settings that `create` and `update` can change. `None` and [`Change::Keep`] leave a field
+/// as it is.
 #[derive(Debug, Default, Clone)]
 pub struct KeyFields {
     pub name: Option<String>,
     pub description: Option<String>,
     pub scopes: Option<Vec<String>>,
-    pub models: Option<Vec<String>>,
-    pub allowed_ips: Option<Vec<String>>,
-    pub allowed_referrers: Option<Vec<String>>,
-    pub requests_per_minute: Option<u64>,
-    pub tokens_per_minute: Option<u64>,
-    pub monthly_spend_usd: Option<f64>,
-    pub max_concurrent_requests: Option<u64>,
-    pub expires: Option<SystemTime>,
+    pub models: Change<Vec<String>>,
+    pub allowed_ips: Change<Vec<String>>,
+    pub allowed_referrers: Change<Vec<String>>,
+    pub requests_per_minute: Change<u64>,
+    pub tokens_per_minute: Change<u64>,
+    pub monthly_spend_usd: Change<f64>,
+    pub max_concurrent_requests: Change<u64>,
+    pub default_max_tokens: Change<u64>,
+    pub expires: Change<SystemTime>,
+}
+
+impl KeyFields {
+    /// The limits this edit removes from the key, by their TOML names.
+    pub fn removed_limits(&self) -> Vec<&'static str> {
+        [
+            (
+                "requests_per_minute",
+                self.requests_per_minute == Change::Remove,
+            ),
+            (
+                "tokens_per_minute",
+                self.tokens_per_minute == Change::Remove,
+            ),
+            (
+                "monthly_spend_usd",
+                self.monthly_spend_usd == Change::Remove,
+            ),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests == Change::Remove,
+            ),
+            (
+                "default_max_tokens",
+                self.default_max_tokens == Change::Remove,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, removed)| removed.then_some(name))
+        .collect()
+    }
 }
 
 /// An exclusive lock on `<config>.lock`, released on drop.
@@ -210,6 +271,10 @@ fn find<'a>(doc: &'a mut DocumentMut, id: &str) -> Result<&'a mut Table, EditErr
         .ok_or_else(|| EditError::NotFound(id.to_owned()))
 }
 
+fn integer(n: u64) -> Value {
+    Value::from(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
 fn set_fields(table: &mut Table, f: &KeyFields) -> Result<(), EditError> {
     if let Some(v) = &f.name {
         table["name"] = value(v.as_str());
@@ -217,55 +282,78 @@ fn set_fields(table: &mut Table, f: &KeyFields) -> Result<(), EditError> {
     if let Some(v) = &f.description {
         table["description"] = value(v.as_str());
     }
-    for (field, list) in [
-        ("scopes", &f.scopes),
+    if let Some(list) = &f.scopes {
+        table["scopes"] = Item::Value(strings(list));
+    }
+    for (field, change) in [
         ("models", &f.models),
         ("allowed_ips", &f.allowed_ips),
         ("allowed_referrers", &f.allowed_referrers),
     ] {
-        if let Some(list) = list {
-            table[field] = Item::Value(strings(list));
-        }
-    }
-    if let Some(t) = f.expires {
-        table["expires"] = value(utc(t)?);
-    }
-    let limits = [
-        (
-            "requests_per_minute",
-            f.requests_per_minute
-                .map(|n| Value::from(i64::try_from(n).unwrap_or(i64::MAX))),
-        ),
-        (
-            "tokens_per_minute",
-            f.tokens_per_minute
-                .map(|n| Value::from(i64::try_from(n).unwrap_or(i64::MAX))),
-        ),
-        ("monthly_spend_usd", f.monthly_spend_usd.map(Value::from)),
-        (
-            "max_concurrent_requests",
-            f.max_concurrent_requests
-                .map(|n| Value::from(i64::try_from(n).unwrap_or(i64::MAX))),
-        ),
-    ];
-    if limits.iter().any(|(_, v)| v.is_some()) {
-        if !table.contains_key("limits") {
-            table["limits"] = Item::Value(Value::InlineTable(InlineTable::new()));
-        }
-        for (name, v) in limits {
-            let Some(v) = v else { continue };
-            match &mut table["limits"] {
-                Item::Value(Value::InlineTable(t)) => {
-                    t.insert(name, v);
-                }
-                Item::Table(t) => {
-                    t[name] = Item::Value(v);
-                }
-                _ => return Err(EditError::Invalid(vec!["limits must be a table".into()])),
+        match change {
+            Change::Keep => {}
+            Change::Set(list) => table[field] = Item::Value(strings(list)),
+            Change::Remove => {
+                table.remove(field);
             }
         }
     }
+    match f.expires {
+        Change::Keep => {}
+        Change::Set(t) => table["expires"] = value(utc(t)?),
+        Change::Remove => {
+            table.remove("expires");
+        }
+    }
+    let limits = [
+        ("requests_per_minute", map(&f.requests_per_minute, integer)),
+        ("tokens_per_minute", map(&f.tokens_per_minute, integer)),
+        ("monthly_spend_usd", map(&f.monthly_spend_usd, Value::from)),
+        (
+            "max_concurrent_requests",
+            map(&f.max_concurrent_requests, integer),
+        ),
+        ("default_max_tokens", map(&f.default_max_tokens, integer)),
+    ];
+    if limits.iter().any(|(_, c)| matches!(c, Change::Set(_))) && !table.contains_key("limits") {
+        table["limits"] = Item::Value(Value::InlineTable(InlineTable::new()));
+    }
+    for (name, change) in limits {
+        match (&mut table.get_mut("limits"), change) {
+            (_, Change::Keep) | (None, Change::Remove) => {}
+            (Some(Item::Value(Value::InlineTable(t))), Change::Set(v)) => {
+                t.insert(name, v);
+            }
+            (Some(Item::Value(Value::InlineTable(t))), Change::Remove) => {
+                t.remove(name);
+            }
+            (Some(Item::Table(t)), Change::Set(v)) => {
+                t[name] = Item::Value(v);
+            }
+            (Some(Item::Table(t)), Change::Remove) => {
+                t.remove(name);
+            }
+            _ => return Err(EditError::Invalid(vec!["limits must be a table".into()])),
+        }
+    }
+    // Removing the last limit removes the (then empty) table.
+    let empty = match table.get("limits") {
+        Some(Item::Value(Value::InlineTable(t))) => t.is_empty(),
+        Some(Item::Table(t)) => t.is_empty(),
+        _ => false,
+    };
+    if empty {
+        table.remove("limits");
+    }
     Ok(())
+}
+
+fn map<T: Copy>(c: &Change<T>, f: impl FnOnce(T) -> Value) -> Change<Value> {
+    match c {
+        Change::Keep => Change::Keep,
+        Change::Set(v) => Change::Set(f(*v)),
+        Change::Remove => Change::Remove,
+    }
 }
 
 fn new_id() -> String {
@@ -291,9 +379,21 @@ pub fn create(path: &Path, spec: &NewKey, now: SystemTime) -> Result<(String, Ap
         t["hash"] = value(hash.as_str());
         t["status"] = value("active");
         t["created"] = value(utc(now)?);
-        let mut fields = spec.fields.clone();
+        let f = spec.fields.clone();
+        let mut fields = KeyFields {
+            models: f.models.for_new_key(),
+            allowed_ips: f.allowed_ips.for_new_key(),
+            allowed_referrers: f.allowed_referrers.for_new_key(),
+            requests_per_minute: f.requests_per_minute.for_new_key(),
+            tokens_per_minute: f.tokens_per_minute.for_new_key(),
+            monthly_spend_usd: f.monthly_spend_usd.for_new_key(),
+            max_concurrent_requests: f.max_concurrent_requests.for_new_key(),
+            default_max_tokens: f.default_max_tokens.for_new_key(),
+            expires: f.expires.for_new_key(),
+            ..f
+        };
         if let Some(life) = spec.expires_in {
-            fields.expires = Some(later(now, life, "expires")?);
+            fields.expires = Change::Set(later(now, life, "expires")?);
         }
         set_fields(&mut t, &fields)?;
         keys_mut(doc)?.push(t);
@@ -397,7 +497,7 @@ output_per_million = 1.10
             environment: "production".into(),
             fields: KeyFields {
                 scopes: Some(vec!["chat".into()]),
-                requests_per_minute: Some(10),
+                requests_per_minute: Change::Set(10),
                 ..Default::default()
             },
             ..Default::default()
@@ -418,7 +518,7 @@ output_per_million = 1.10
             &path,
             &id,
             &KeyFields {
-                tokens_per_minute: Some(500),
+                tokens_per_minute: Change::Set(500),
                 ..Default::default()
             },
         )
@@ -455,6 +555,66 @@ output_per_million = 1.10
     }
 
     #[test]
+    fn settings_can_be_removed_and_lists_cleared() {
+        let (_dir, path) = file(BASE);
+        let now = humantime::parse_rfc3339("2026-11-27T00:00:00Z").unwrap();
+        let spec = NewKey {
+            name: "app".into(),
+            environment: "production".into(),
+            fields: KeyFields {
+                scopes: Some(vec!["chat".into()]),
+                allowed_ips: Change::Set(vec!["10.0.0.0/8".into()]),
+                allowed_referrers: Change::Set(vec!["https://example.com/*".into()]),
+                requests_per_minute: Change::Set(10),
+                tokens_per_minute: Change::Set(1000),
+                default_max_tokens: Change::Set(256),
+                ..Default::default()
+            },
+            expires_in: Some(Duration::from_secs(86_400)),
+            ..Default::default()
+        };
+        let (id, _) = create(&path, &spec, now).unwrap();
+        let key = &crate::config::load(&path).unwrap().keys[0];
+        assert!(key.expires.is_some());
+        assert_eq!(key.limits.default_max_tokens.map(|n| n.get()), Some(256));
+
+        let removal = KeyFields {
+            allowed_ips: Change::Set(vec![]),
+            allowed_referrers: Change::Remove,
+            requests_per_minute: Change::Remove,
+            default_max_tokens: Change::Remove,
+            expires: Change::Remove,
+            ..Default::default()
+        };
+        assert_eq!(
+            removal.removed_limits(),
+            ["requests_per_minute", "default_max_tokens"]
+        );
+        update(&path, &id, &removal).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("allowed_ips = []"), "{text}");
+        assert!(!text.contains("allowed_referrers"), "{text}");
+        assert!(!text.contains("expires"), "{text}");
+        let key = &crate::config::load(&path).unwrap().keys[0];
+        assert!(key.expires.is_none());
+        assert!(key.allowed_ips.is_empty());
+        assert!(key.limits.requests_per_minute.is_none());
+        assert!(key.limits.default_max_tokens.is_none());
+        assert_eq!(key.limits.tokens_per_minute.map(|n| n.get()), Some(1000));
+
+        // The last limit gone, the table goes too; removing what is not there is no error.
+        let rest = KeyFields {
+            tokens_per_minute: Change::Remove,
+            monthly_spend_usd: Change::Remove,
+            ..Default::default()
+        };
+        update(&path, &id, &rest).unwrap();
+        update(&path, &id, &rest).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("limits"), "{text}");
+    }
+
+    #[test]
     fn an_invalid_change_leaves_the_file_untouched() {
         let (_dir, path) = file(BASE);
         let bad = NewKey {
@@ -462,7 +622,7 @@ output_per_million = 1.10
             environment: "production".into(),
             fields: KeyFields {
                 scopes: Some(vec!["chat".into()]),
-                allowed_ips: Some(vec!["10.0.0.300".into()]),
+                allowed_ips: Change::Set(vec!["10.0.0.300".into()]),
                 ..Default::default()
             },
             ..Default::default()

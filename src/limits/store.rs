@@ -181,11 +181,29 @@ impl Limiter {
         }
     }
 
-    /// The key's request and token windows now, without taking anything.
-    pub fn windows(&self, key_id: &str) -> RateHeaders {
-        match self {
+    /// The key's request and token windows now, without taking anything: a configured limit
+    /// the key has not used yet is a full window.
+    pub fn windows(&self, key_id: &str, limits: &Limits) -> RateHeaders {
+        let seen = match self {
             Limiter::Memory(m) => m.windows(key_id),
             Limiter::Shared(s) => s.windows(key_id),
+        };
+        let full = |limit: Option<std::num::NonZeroU32>| {
+            limit.map(|n| Window {
+                limit: u64::from(n.get()),
+                remaining: u64::from(n.get()),
+                reset: Duration::ZERO,
+            })
+        };
+        RateHeaders {
+            requests: limits
+                .requests_per_minute
+                .and(seen.requests)
+                .or_else(|| full(limits.requests_per_minute)),
+            tokens: limits
+                .tokens_per_minute
+                .and(seen.tokens)
+                .or_else(|| full(limits.tokens_per_minute)),
         }
     }
 

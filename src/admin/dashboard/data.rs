@@ -37,7 +37,7 @@ fn key_row(gw: &Gateway, key: &KeyPolicy, last_used: Option<String>) -> KeyRow {
     let metering = &gw.metering;
     let now = metering.clock.now_utc();
     let month = calendar::month_index(now);
-    let windows = metering.limits.windows(&key.id);
+    let windows = metering.limits.windows(&key.id, &key.limits);
     let mut limits = Vec::new();
     for (label, window) in [
         ("requests/min", windows.requests),
