@@ -68,7 +68,7 @@ fn check_names_the_toml_path_of_every_problem() {
                 &hash,
                 "scopes = [\"chat\"]\ncolour = \"blue\"",
             )),
-            &["keys[0]", "unknown field", "colour"],
+            &["keys[0].colour: unknown field"],
         ),
         (
             valid_with(&format!(
@@ -171,6 +171,58 @@ fn check_names_the_toml_path_of_every_problem() {
         stderr.contains("keys[0].scopes[1]") && stderr.contains("keys[0].allowed_ips[0]"),
         "{stderr}"
     );
+    // A typo hides nothing: every unknown field, at any depth, and the other problems too.
+    let (ok, stderr) = check(
+        &valid_with(&key_toml(
+            "a",
+            &hash,
+            "scopes = [\"chat\"]\nallowed_ips = [\"x\"]\ncolour = 1\nlimits = { rpm = 5, tokens_per_minute = 10 }",
+        ))
+        .replace("connect_timeout", "conect_timeout")
+        .replacen("[server]\n", "[server]\nlisten_on = 1\n", 1),
+    );
+    assert!(!ok);
+    for e in [
+        "server.listen_on: unknown field",
+        "upstream.conect_timeout: unknown field",
+        "keys[0].colour: unknown field",
+        "keys[0].limits.rpm: unknown field",
+        "keys[0].allowed_ips[0]",
+    ] {
+        assert!(stderr.contains(e), "expected {e:?} in:\n{stderr}");
+    }
+    // The two listeners cannot share an address.
+    for (server, admin) in [
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+        ("127.0.0.1:9000", "0.0.0.0:9000"),
+    ] {
+        let text = valid_with("")
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{server}\""),
+                1,
+            )
+            .replacen(
+                "[admin]\nlisten = \"127.0.0.1:0\"",
+                &format!("[admin]\nlisten = \"{admin}\""),
+                1,
+            );
+        let (ok, stderr) = check(&text);
+        assert!(!ok, "{server} and {admin} accepted");
+        assert!(
+            stderr.contains("admin.listen") && stderr.contains("is also server.listen"),
+            "{stderr}"
+        );
+    }
+    let apart = valid_with("")
+        .replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:8080\"", 1)
+        .replacen(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nlisten = \"127.0.0.1:8090\"",
+            1,
+        );
+    assert!(check(&apart).0, "{}", check(&apart).1);
     assert!(check(&valid_with(&key_toml("a", &hash, "scopes = [\"chat\"]"))).0);
 }
 

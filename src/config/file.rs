@@ -1,12 +1,14 @@
 //! The config file exactly as written: serde structs that refuse unknown fields at every level.
 //! Nothing here is interpreted; [`super::validate`] turns it into typed values.
+//!
+//! Unknown fields are collected (with `serde_ignored`) rather than stopping the parse at the
+//! first, so one typo does not hide the other problems of the file.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
@@ -24,7 +26,6 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawCluster {
     pub redis_url_env: Option<String>,
     pub replicas_hint: Option<u64>,
@@ -34,7 +35,6 @@ pub struct RawCluster {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: String,
     #[serde(default)]
@@ -57,7 +57,6 @@ pub struct RawServer {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub token_env: Option<String>,
@@ -65,7 +64,6 @@ pub struct RawAdmin {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub url: String,
     pub api_key_env: String,
@@ -77,14 +75,12 @@ pub struct RawUpstream {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawStorage {
     pub path: Option<String>,
     pub max_unflushed: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub name: String,
     pub scope: String,
@@ -101,7 +97,6 @@ pub struct RawModel {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawEnvironment {
     pub scopes: Option<Vec<String>>,
     pub models: Option<Vec<String>>,
@@ -112,7 +107,6 @@ pub struct RawEnvironment {
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub requests_per_minute: Option<u64>,
     pub tokens_per_minute: Option<u64>,
@@ -122,7 +116,6 @@ pub struct RawLimits {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawKey {
     pub id: String,
     pub name: String,
@@ -148,23 +141,50 @@ fn default_status() -> String {
     "active".to_owned()
 }
 
-/// Parses TOML text; the error names the TOML path and the line.
-pub fn parse(text: &str) -> Result<RawConfig, String> {
+/// Parses TOML text: the config and every unknown field by its TOML path, or every unknown
+/// field met before a value that does not parse, then that error (with its path and line).
+pub fn parse(text: &str) -> Result<(RawConfig, Vec<String>), Vec<String>> {
+    let mut unknown = Vec::new();
     let de = toml::Deserializer::new(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = inner.message().trim_end().to_owned();
-        let line = inner
-            .span()
-            .map(|span| format!(" (line {})", line_of(text, span.start)))
-            .unwrap_or_default();
-        if path == "." || path.is_empty() {
-            format!("{msg}{line}")
-        } else {
-            format!("{path}: {msg}{line}")
+    let mut note = |path: serde_ignored::Path<'_>| {
+        unknown.push(format!("{}: unknown field", toml_path(&path)));
+    };
+    let parsed: Result<RawConfig, _> =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(de, &mut note));
+    match parsed {
+        Ok(raw) => Ok((raw, unknown)),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().trim_end().to_owned();
+            let line = inner
+                .span()
+                .map(|span| format!(" (line {})", line_of(text, span.start)))
+                .unwrap_or_default();
+            unknown.push(if path == "." || path.is_empty() {
+                format!("{msg}{line}")
+            } else {
+                format!("{path}: {msg}{line}")
+            });
+            Err(unknown)
         }
-    })
+    }
+}
+
+/// `keys[2].limits.rpm`, as the other problems name their fields.
+fn toml_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", toml_path(parent)),
+        Path::Map { parent, key } => match toml_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => toml_path(parent),
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -345,6 +345,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates config text; `base` anchors relative paths.
 pub fn from_str(text: &str, base: &Path) -> Result<Config, ConfigError> {
-    let raw = file::parse(text).map_err(ConfigError::one)?;
-    validate::validate(raw, base)
+    let (raw, unknown) = file::parse(text).map_err(|problems| ConfigError { problems })?;
+    match validate::validate(raw, base) {
+        Ok(config) if unknown.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError { problems: unknown }),
+        Err(mut e) => {
+            // Unknown fields first: a misspelt field often explains a missing-value problem.
+            let mut problems = unknown;
+            problems.append(&mut e.problems);
+            Err(ConfigError { problems })
+        }
+    }
 }

@@ -57,6 +57,18 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             .unwrap_or_else(|| "KEYGATE_ADMIN_TOKEN".to_owned()),
         allowed_hosts: allowed_hosts(raw.admin.allowed_hosts.as_deref(), &mut p),
     };
+    if let Some(server) = &server {
+        let (a, b) = (server.listen, admin.listen);
+        let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+        if a.port() != 0 && a.port() == b.port() && overlap {
+            p.add(
+                "admin.listen",
+                format!(
+                    "{b} is also server.listen ({a}): the admin listener needs its own port (the default is 127.0.0.1:8090)"
+                ),
+            );
+        }
+    }
     let upstream = upstream(&raw.upstream, &mut p);
     let storage = Storage {
         path: base.join(raw.storage.path.as_deref().unwrap_or("data/keygate.db")),
