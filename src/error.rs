@@ -149,6 +149,18 @@ impl Reason {
         Reason::AmbiguousCredentials,
     ];
 
+    /// The upstream failed or refused keygate (not the client's doing, nor a limit's).
+    pub fn is_upstream_failure(self) -> bool {
+        matches!(
+            self,
+            Reason::UpstreamUnreachable
+                | Reason::UpstreamTimeout
+                | Reason::UpstreamAuth
+                | Reason::UpstreamKeyMissing
+                | Reason::UpstreamStatus
+        )
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Reason::MissingKey => "missing_key",

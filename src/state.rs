@@ -43,6 +43,9 @@ pub struct Metering {
     /// opening many connections does not buy more guesses.
     pub admin_slow_lane: tokio::sync::Semaphore,
     pub events: EventLog,
+    /// Set when the shutdown grace ended with requests still open: those are cut by keygate,
+    /// not by their clients, and are logged so.
+    pub cut_at_shutdown: std::sync::atomic::AtomicBool,
 }
 
 pub struct Runtime {
@@ -234,6 +237,7 @@ impl Gateway {
             admin_guard: guard(),
             admin_slow_lane: tokio::sync::Semaphore::new(1),
             events: EventLog::default(),
+            cut_at_shutdown: std::sync::atomic::AtomicBool::new(false),
             clock,
             metrics,
         });

@@ -50,6 +50,10 @@ pub struct RequestCtx {
     pub strip_usage: bool,
     /// Route template, or `"unmatched"`.
     pub endpoint: &'static str,
+    /// What the client asked for, for the log line (the path only: a query can carry
+    /// anything, a secret included).
+    pub method: http::Method,
+    pub uri: http::Uri,
     pub stream: bool,
     pub upstream_started: Option<Instant>,
     /// The request was (or may have been) delivered to the upstream, which may charge for it.
@@ -76,6 +80,8 @@ impl RequestCtx {
             reports_usage: false,
             hard_budget: false,
             endpoint: "unmatched",
+            method: http::Method::GET,
+            uri: http::Uri::from_static("/"),
             stream: false,
             strip_usage: false,
             upstream_started: None,

@@ -64,6 +64,9 @@ pub async fn handle(
         metering,
     );
     let (parts, body) = req.into_parts();
+    // For the request log line: cheap handles (the method is inline, the URI shares its bytes).
+    settlement.ctx.method = parts.method.clone();
+    settlement.ctx.uri = parts.uri.clone();
     let mut body = Some(body);
     let response = match process(&gw, &rt, peer, parts, &mut body, &mut settlement).await {
         Ok(Answer::Stream(response, conn)) => stream(&rt, response, conn, settlement),
@@ -201,17 +204,21 @@ async fn process(
     if gw.metering.guard.blocked(ctx.client_ip).is_some() {
         return Err(Refusal::BlockedClient);
     }
-    let key = authenticate::authenticate(&parts.headers, &rt.keys, &gw.metering, ctx)?;
-    ctx.key_id = Some(key.id.clone());
-
     // A cheap handle (reference-counted) so the route can borrow the path while `parts` moves on.
     let uri = parts.uri.clone();
-    let route = route::resolve(&parts.method, uri.path()).map_err(|e| match e {
+    // Resolved before the key so that a refusal of the key is counted under the endpoint the
+    // client called; an unknown route is refused only after the key, as before.
+    let route = route::resolve(&parts.method, uri.path());
+    if let Ok(r) = &route {
+        ctx.endpoint = r.endpoint;
+    }
+    let key = authenticate::authenticate(&parts.headers, &rt.keys, &gw.metering, ctx)?;
+    ctx.key_id = Some(key.id.clone());
+    let route = route.map_err(|e| match e {
         RouteError::NotCanonical => Refusal::NotCanonical,
         RouteError::NotFound => Refusal::UnknownRoute,
         RouteError::MethodNotAllowed => Refusal::MethodNotAllowed,
     })?;
-    ctx.endpoint = route.endpoint;
     route::check_query(&route, &parts.method, uri.query())?;
     authorize::authorize_source(key, ctx.client_ip, &parts.headers, &route)?;
     if let (RouteKind::RetrieveModel, Some(name)) = (route.kind, route.param) {

@@ -30,16 +30,20 @@ pub enum Outcome {
     UpstreamIdle,
     /// The client went away before the answer was complete.
     ClientAborted,
+    /// Still open when the shutdown grace ended: cut by keygate.
+    ShutdownCut,
 }
 
 impl Outcome {
     pub fn label(self) -> &'static str {
         match self {
+            Outcome::Refused(r) if r.is_upstream_failure() => "upstream_error",
             Outcome::Refused(_) => "refused",
             Outcome::Completed => "completed",
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamIdle => "upstream_idle_timeout",
             Outcome::ClientAborted => "client_aborted",
+            Outcome::ShutdownCut => "shutdown_cut",
         }
     }
 }
@@ -125,6 +129,18 @@ impl Settlement {
             return;
         }
         self.done = true;
+        // A request dropped because the shutdown grace ran out was cut by keygate.
+        let outcome = match outcome {
+            Outcome::ClientAborted
+                if self
+                    .metering
+                    .cut_at_shutdown
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                Outcome::ShutdownCut
+            }
+            other => other,
+        };
         let (usage, per_request, estimated) = self.billed(outcome, seen);
         let ctx = &self.ctx;
         let cost_micros = ctx
@@ -193,6 +209,8 @@ impl Settlement {
             key = ctx.key_id.as_deref().unwrap_or("-"),
             model = ctx.model.as_ref().map_or("-", |m| &*m.name),
             endpoint = ctx.endpoint,
+            method = ctx.method.as_str(),
+            path = log_path(ctx.uri.path()),
             client_ip = %ctx.client_ip,
             stream = ctx.stream,
             status = self.status,
@@ -215,4 +233,12 @@ impl Drop for Settlement {
     fn drop(&mut self) {
         self.record(Outcome::ClientAborted, Seen::default());
     }
+}
+
+/// Longest path the log line keeps.
+const MAX_LOGGED_PATH: usize = 200;
+
+/// The request path for the log line, cut to [`MAX_LOGGED_PATH`] bytes (a URI path is ASCII).
+fn log_path(path: &str) -> &str {
+    path.get(..MAX_LOGGED_PATH).unwrap_or(path)
 }

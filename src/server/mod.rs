@@ -39,8 +39,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = gw.runtime().config.server.limits.clone();
+    let metering = gw.clone();
     let handler = move |peer, req| pipeline::handle(gw.clone(), peer, req);
-    serve(listener, limits, tls, handler, shutdown).await;
+    if serve(listener, limits, tls, handler, shutdown).await == Drained::Cut {
+        metering
+            .metering
+            .cut_at_shutdown
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// How the drain at shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection closed within the grace.
+    Closed,
+    /// The grace ended first: the connections still open are cut.
+    Cut,
 }
 
 /// Serves the admin listener until `shutdown` resolves.
@@ -51,17 +66,19 @@ pub async fn serve_admin(
 ) {
     let limits = gw.runtime().config.server.limits.clone();
     let handler = move |peer: SocketAddr, req| crate::admin::handle(gw.clone(), peer, req);
-    serve(listener, limits, None, handler, shutdown).await;
+    let _ = serve(listener, limits, None, handler, shutdown).await;
 }
 
-/// Serves any handler with the same connection handling (used by the admin listener too).
+/// Serves any handler with the same connection handling (used by the admin listener too);
+/// says whether the drain at shutdown closed every connection or ran out of grace.
 pub async fn serve<H, F>(
     listener: TcpListener,
     limits: ServerLimits,
     tls: Option<TlsAcceptor>,
     handler: H,
     shutdown: impl Future<Output = ()>,
-) where
+) -> Drained
+where
     H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
 {
@@ -135,9 +152,13 @@ pub async fn serve<H, F>(
     let open = graceful.count();
     tracing::info!(open_connections = open, grace = ?limits.shutdown_grace, "stopped accepting; draining");
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = graceful.shutdown() => {
+            tracing::info!("all connections closed");
+            Drained::Closed
+        }
         () = tokio::time::sleep(limits.shutdown_grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
+            Drained::Cut
         }
     }
 }
