@@ -283,7 +283,8 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.config_reloads.with_label_values(&[result]);
         }
-        m.upstream_up.set(1);
+        // Down until the first check (upstream::probe) or request shows otherwise.
+        m.upstream_up.set(0);
         m.limit_store_up.set(1);
         Ok(m)
     }

@@ -220,3 +220,97 @@ async fn a_stream_cut_when_the_shutdown_grace_ends_is_logged_as_cut_and_billed()
         "{rows:?}"
     );
 }
+
+async fn upstream_up(gw: &Binary) -> Option<f64> {
+    let text = get(&format!("http://{}/metrics", gw.admin), None)
+        .await
+        .text();
+    sample(&text, "keygate_upstream_up")
+}
+
+/// Polls `keygate_upstream_up` until it is `want` (bounded).
+async fn until_up_is(gw: &Binary, want: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if upstream_up(gw).await == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "keygate_upstream_up never became {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `keygate_upstream_up` follows the upstream without any request: 0 at start while it is
+/// down, 1 once it listens, 0 again when it goes away.
+#[tokio::test]
+async fn upstream_up_is_checked_in_the_background() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_, hash) = TestKey::new("app");
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(
+        dir.path(),
+        &format!("http://127.0.0.1:{port}"),
+        "",
+        &key_toml("app", &hash, "scopes = [\"chat\"]"),
+    );
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "idle_timeout = \"3s\"",
+        "idle_timeout = \"3s\"\nprobe_interval = \"100ms\"",
+    );
+    assert!(text.contains("probe_interval"));
+    std::fs::write(&path, text).unwrap();
+    let gw = Binary::serve(&path, &[("KG_TEST_UPSTREAM_KEY", UPSTREAM_KEY)]).await;
+    // Down from the start (no request made), and it stays down.
+    for _ in 0..5 {
+        assert_eq!(upstream_up(&gw).await, Some(0.0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The upstream comes up: seen without a request.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let accepting = tokio::spawn(async move {
+        loop {
+            if listener.accept().await.is_err() {
+                return;
+            }
+        }
+    });
+    until_up_is(&gw, 1.0).await;
+    // And goes away again.
+    accepting.abort();
+    let _ = accepting.await;
+    until_up_is(&gw, 0.0).await;
+}
+
+/// Without the upstream key no request can succeed: the upstream is reported down although it
+/// answers, and /readyz fails.
+#[tokio::test]
+async fn a_missing_upstream_key_is_reported_as_down() {
+    let mock = MockUpstream::start().await.unwrap();
+    let (_, hash) = TestKey::new("app");
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(
+        dir.path(),
+        &mock.url(),
+        "",
+        &key_toml("app", &hash, "scopes = [\"chat\"]"),
+    );
+    let gw = Binary::serve(&path, &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = get(&format!("http://{}/metrics", gw.admin), None)
+        .await
+        .text();
+    assert_eq!(sample(&text, "keygate_upstream_up"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "keygate_upstream_key_configured"), Some(0.0));
+    let ready = get(&format!("http://{}/readyz", gw.admin), None).await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["checks"]["upstream"]["status"], "fail");
+}

@@ -2,8 +2,6 @@
 //! upstream, limit utilization and error rate, each `pass`, `warning` or `fail`, with a JSON
 //! body that explains; 503 when any fails) and `GET /metrics`.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
@@ -13,9 +11,6 @@ use crate::metrics::unix_seconds;
 use crate::pipeline::body::ResponseBody;
 use crate::state::Gateway;
 use crate::usage::calendar;
-
-/// How long `/readyz` waits for a TCP connection to the upstream.
-const UPSTREAM_PROBE: Duration = Duration::from_secs(2);
 
 /// Sets the gauges that describe keys from the current config and limit state; keys no longer
 /// configured disappear from them.
@@ -138,19 +133,7 @@ pub async fn readyz(gw: &Gateway) -> Response<ResponseBody> {
     );
 
     let upstream_cfg = &rt.config.upstream;
-    let host = upstream_cfg.authority.host().to_owned();
-    let port = upstream_cfg.authority.port_u16().unwrap_or(
-        if upstream_cfg.scheme == http::uri::Scheme::HTTPS {
-            443
-        } else {
-            80
-        },
-    );
-    let probe = tokio::time::timeout(
-        UPSTREAM_PROBE,
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await;
+    let probe = crate::upstream::probe::reachable(upstream_cfg).await;
     // A missing key is this replica's own fault: fail, so a broken rollout stops. An
     // unreachable upstream is everyone's: a warning, since taking every replica out of the
     // load balancer at once would only turn 502s into connection errors.
@@ -160,15 +143,8 @@ pub async fn readyz(gw: &Gateway) -> Response<ResponseBody> {
     );
     let upstream = match (probe, rt.upstream_auth.is_some()) {
         (_, false) => check("fail", json!({"detail": key_missing})),
-        (Ok(Ok(_)), true) => check("pass", json!({"reachable": true})),
-        (Ok(Err(e)), true) => check(
-            "warning",
-            json!({"reachable": false, "detail": e.to_string()}),
-        ),
-        (Err(_), true) => check(
-            "warning",
-            json!({"reachable": false, "detail": "connect timed out"}),
-        ),
+        (Ok(()), true) => check("pass", json!({"reachable": true})),
+        (Err(e), true) => check("warning", json!({"reachable": false, "detail": e})),
     };
 
     let mut busiest: Option<(f64, &str, &str)> = None;

@@ -130,6 +130,10 @@ async fn serve(path: &Path) -> (ExitCode, Option<Arc<Gateway>>) {
         hup,
         wait_for(stopped.clone()),
     ));
+    tokio::spawn(crate::upstream::probe::watch(
+        gw.clone(),
+        wait_for(stopped.clone()),
+    ));
     server::run(listener, gw.clone(), tls, async {
         shutdown_signal().await;
         let _ = stop.send(true);

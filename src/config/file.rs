@@ -70,6 +70,8 @@ pub struct RawUpstream {
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    /// How often the upstream's reachability is checked in the background.
+    pub probe_interval: Option<String>,
     #[serde(default)]
     pub allow_plaintext: bool,
 }

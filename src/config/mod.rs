@@ -179,6 +179,9 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How often the upstream's reachability is checked in the background
+    /// (`keygate_upstream_up`).
+    pub probe_interval: Duration,
     /// `http://` to a host other than loopback was allowed explicitly.
     pub allow_plaintext: bool,
 }

@@ -375,6 +375,12 @@ fn upstream(raw: &RawUpstream, p: &mut Problems) -> Option<Upstream> {
         &raw.idle_timeout,
         Duration::from_secs(120),
     );
+    let probe_interval = duration(
+        p,
+        "upstream.probe_interval",
+        &raw.probe_interval,
+        Duration::from_secs(10),
+    );
     let (scheme, authority, base_path) = url?;
     if scheme == Scheme::HTTP && !raw.allow_plaintext && !is_loopback_host(authority.host()) {
         p.add(
@@ -396,6 +402,7 @@ fn upstream(raw: &RawUpstream, p: &mut Problems) -> Option<Upstream> {
         connect_timeout,
         first_byte_timeout,
         idle_timeout,
+        probe_interval,
         allow_plaintext: raw.allow_plaintext,
     })
 }

@@ -6,6 +6,7 @@
 pub mod conn;
 pub mod headers;
 pub mod pool;
+pub mod probe;
 pub mod usage;
 pub mod usage_strip;
 

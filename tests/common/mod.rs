@@ -146,6 +146,11 @@ impl Gw {
             None,
             std::future::pending(),
         ));
+        // As `serve` does: the upstream is checked in the background.
+        tokio::spawn(keygate::upstream::probe::watch(
+            gateway.clone(),
+            std::future::pending(),
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
