@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs keygate's whole test suite on a fresh machine: installs what the tests need when it is
 # missing (a Python venv with the openai SDK; promtool from Debian's prometheus package;
-# redis-server; chromium, Node.js and playwright-core for the dashboard; the deploy/
-# validators), then formatting, lints and every test.
+# redis-server; chromium, Node.js and playwright-core for the dashboard; the Node openai SDK;
+# the deploy/ validators), then formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +65,11 @@ fi
 if [ ! -f tests/dashboard/node_modules/playwright-core/package.json ]; then
   echo "== installing playwright-core into tests/dashboard"
   (cd tests/dashboard && npm install --no-package-lock --no-audit --no-fund --silent)
+fi
+# The Node SDK test drives keygate with the official openai package (tests/node_sdk/).
+if [ ! -f tests/node_sdk/node_modules/openai/package.json ]; then
+  echo "== installing the openai SDK into tests/node_sdk"
+  (cd tests/node_sdk && npm install --no-package-lock --no-audit --no-fund --silent)
 fi
 
 # Validators for deploy/ (hadolint, kubernetes-validate, check-jsonschema, systemd-analyze,
