@@ -27,6 +27,7 @@ pub mod events;
 pub mod keyinfo;
 pub mod limits;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod reload;

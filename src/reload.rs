@@ -27,7 +27,9 @@ pub fn reload(gw: &Gateway, path: &Path) -> bool {
     match crate::config::load(path) {
         Ok(config) => {
             let keys = config.keys.len();
-            gw.swap(Runtime::reloaded(config, &gw.runtime()));
+            let next = Runtime::reloaded(config, &gw.runtime());
+            // The old snapshot is freed here unless requests in flight still hold it.
+            retire(gw.swap(next));
             result.with_label_values(&["success"]).inc();
             tracing::info!(target: "keygate::reload", path = %path.display(), keys, "config reloaded");
             true
@@ -40,6 +42,40 @@ pub fn reload(gw: &Gateway, path: &Path) -> bool {
             tracing::error!(target: "keygate::reload", "the previous config stays in force");
             false
         }
+    }
+}
+
+/// How long a retired snapshot is waited for (requests in flight on it, a long stream).
+const RETIRE_WAIT: Duration = Duration::from_secs(600);
+
+/// Drops the previous snapshot once the requests still running on it have finished, then gives
+/// the memory it held back to the operating system (see [`crate::memory`]).
+fn retire(old: Arc<Runtime>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        drop(old);
+        crate::memory::release_freed();
+        return;
+    };
+    handle.spawn(async move {
+        let since = tokio::time::Instant::now();
+        while Arc::strong_count(&old) > 1 && since.elapsed() < RETIRE_WAIT {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Freeing 100,000 keys' worth of small allocations takes a moment: off the workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(old);
+            crate::memory::release_freed();
+        })
+        .await;
+    });
+}
+
+/// [`reload`] on the blocking pool: reading and parsing a large file must not hold up one of
+/// the workers that serve requests.
+async fn reload_off_workers(gw: &Arc<Gateway>, path: &Path) {
+    let (gw, path) = (gw.clone(), path.to_owned());
+    if let Err(e) = tokio::task::spawn_blocking(move || reload(&gw, &path)).await {
+        tracing::error!(target: "keygate::reload", error = %e, "the reload task failed");
     }
 }
 
@@ -112,13 +148,13 @@ pub async fn watch(
             _ = hup_signal => {
                 tracing::info!(target: "keygate::reload", "SIGHUP received");
                 last = stamp(&path);
-                reload(&gw, &path);
+                reload_off_workers(&gw, &path).await;
             }
             _ = tick.tick() => {
                 let now = stamp(&path);
                 if now.is_some() && now != last {
                     last = settled(&path, now).await;
-                    reload(&gw, &path);
+                    reload_off_workers(&gw, &path).await;
                 }
             }
         }

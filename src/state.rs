@@ -265,8 +265,9 @@ impl Gateway {
         self.runtime.load_full()
     }
 
-    /// Installs a new snapshot; requests already running keep the one they started with.
-    pub fn swap(&self, runtime: Runtime) {
-        self.runtime.store(Arc::new(runtime));
+    /// Installs a new snapshot and hands back the old one; requests already running keep the
+    /// one they started with.
+    pub fn swap(&self, runtime: Runtime) -> Arc<Runtime> {
+        self.runtime.swap(Arc::new(runtime))
     }
 }

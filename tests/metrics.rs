@@ -344,3 +344,76 @@ async fn a_hundred_thousand_random_requests_add_no_series() {
         Some(25_001.0)
     );
 }
+
+/// By default only keys an alert or panel can concern get per-key gauges: keys with a request
+/// since start or spend this month, and keys expiring within 30 days. `"all"` shows every key.
+#[tokio::test]
+async fn per_key_gauges_cover_active_and_expiring_keys_unless_all_are_asked_for() {
+    let at = |days: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() + std::time::Duration::from_secs(days * 86_400),
+        )
+        .to_string()
+    };
+    let keys = [
+        (
+            "busy",
+            "scopes = [\"chat\"]\nlimits = { requests_per_minute = 100 }".to_owned(),
+        ),
+        (
+            "idle",
+            "scopes = [\"chat\"]\nlimits = { requests_per_minute = 100 }".to_owned(),
+        ),
+        ("soon", format!("scopes = [\"chat\"]\nexpires = {}", at(3))),
+        (
+            "later",
+            format!("scopes = [\"chat\"]\nexpires = {}", at(60)),
+        ),
+    ];
+    for (setting, shown) in [
+        ("", vec!["busy", "soon"]),
+        ("per_key_metrics = \"active\"", vec!["busy", "soon"]),
+        (
+            "per_key_metrics = \"all\"",
+            vec!["busy", "idle", "later", "soon"],
+        ),
+    ] {
+        let mock = mock_upstream::MockUpstream::start().await.unwrap();
+        let mut rest = String::new();
+        let mut made = Vec::new();
+        for (id, extra) in &keys {
+            let (key, hash) = TestKey::new(id);
+            rest.push_str(&key_toml(id, &hash, extra));
+            made.push(key);
+        }
+        let text = config_text(&mock.url(), "", &rest).replacen(
+            "[admin]\n",
+            &format!("[admin]\n{setting}\n"),
+            1,
+        );
+        let gw = Gw::start(&text).await;
+        let busy = made.iter().find(|k| k.id == "busy").unwrap();
+        assert_eq!(
+            chat_request(&gw.url("/v1/chat/completions"), busy)
+                .await
+                .status,
+            200
+        );
+        let text = scrape(&gw).await;
+        let mut with_info: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("keygate_key_info{"))
+            .filter_map(|l| l.split("key=\"").nth(1)?.split('"').next())
+            .collect();
+        with_info.sort_unstable();
+        assert_eq!(with_info, shown, "{setting:?}");
+        // The gauges an alert joins on are there for each key shown.
+        assert!(text.contains("keygate_key_limit{key=\"busy\",kind=\"requests_per_minute\"} 100"));
+        assert!(text.contains("keygate_key_expiry_timestamp_seconds{key=\"soon\"}"));
+        assert_eq!(
+            text.contains("keygate_key_limit{key=\"idle\""),
+            setting.contains("all"),
+            "{setting:?}"
+        );
+    }
+}

@@ -7,10 +7,14 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::json_response;
+use crate::config::PerKeyMetrics;
 use crate::metrics::unix_seconds;
 use crate::pipeline::body::ResponseBody;
 use crate::state::Gateway;
 use crate::usage::calendar;
+
+/// Keys expiring within this long get per-key series (the expiry alert looks 7 days ahead).
+const EXPIRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 /// Sets the gauges that describe keys from the current config and limit state; keys no longer
 /// configured disappear from them.
@@ -25,14 +29,21 @@ fn refresh_gauges(gw: &Gateway) {
     m.key_info.reset();
     m.upstream_key_configured
         .set(i64::from(rt.upstream_auth.is_some()));
+    let now = metering.clock.now_utc();
+    let all = rt.config.admin.per_key_metrics == PerKeyMetrics::All;
     for key in &rt.config.keys {
         let id = &*key.id;
+        let spend = metering.limits.month_spend(id, month);
+        let expiring = key
+            .expires
+            .is_some_and(|e| e.duration_since(now).is_ok_and(|left| left < EXPIRY_WINDOW));
+        if !(all || spend > 0 || expiring || metering.limits.touched(id)) {
+            continue;
+        }
         m.key_info
             .with_label_values(&[id, &key.name, key.environment.name()])
             .set(1.0);
-        m.key_spend
-            .with_label_values(&[id])
-            .set(metering.limits.month_spend(id, month) as f64 / 1e6);
+        m.key_spend.with_label_values(&[id]).set(spend as f64 / 1e6);
         let l = &key.limits;
         let limits = [
             (

@@ -1,6 +1,7 @@
 //! `keygate keys ...`: key management on the config file (through [`crate::config::edit`], the
 //! same code as the admin API). A running gateway picks each change up within a second.
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -239,27 +240,31 @@ fn key_use(
 
 fn list(path: &Path, format: ListFormat) -> Result<(), String> {
     let config = load(path)?;
-    let ledger = Ledger::open_read_only(&config.storage.path).ok();
+    // One query for every key's last use.
+    let mut used = Ledger::open_read_only(&config.storage.path)
+        .ok()
+        .and_then(|l| l.last_used_all().ok())
+        .unwrap_or_default();
     let now = SystemTime::now();
     let rows: Vec<(&KeyPolicy, Option<String>)> = config
         .keys
         .iter()
-        .map(|k| {
-            let last = ledger
-                .as_ref()
-                .and_then(|l| l.last_used(&k.id).ok().flatten());
-            (k.as_ref(), last)
-        })
+        .map(|k| (k.as_ref(), used.remove(&*k.id)))
         .collect();
+    // One buffered writer: a line per key must not cost a write per key.
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
     let created = |k: &KeyPolicy| humantime::format_rfc3339_seconds(k.created).to_string();
     match format {
         ListFormat::Table => {
-            println!(
+            let _ = writeln!(
+                out,
                 "{:<22} {:<24} {:<9} {:<21} LAST_USED",
                 "ID", "NAME", "STATUS", "CREATED"
             );
             for (k, last) in rows {
-                println!(
+                let _ = writeln!(
+                    out,
                     "{:<22} {:<24} {:<9} {:<21} {}",
                     &*k.id,
                     k.name,
@@ -270,9 +275,10 @@ fn list(path: &Path, format: ListFormat) -> Result<(), String> {
             }
         }
         ListFormat::Csv => {
-            println!("id,name,status,created,last_used");
+            let _ = writeln!(out, "id,name,status,created,last_used");
             for (k, last) in rows {
-                println!(
+                let _ = writeln!(
+                    out,
                     "{},{},{},{},{}",
                     &*k.id,
                     csv_field(&k.name),
@@ -287,10 +293,11 @@ fn list(path: &Path, format: ListFormat) -> Result<(), String> {
                 .iter()
                 .map(|(k, last)| json!({"id": &*k.id, "name": k.name, "status": keyinfo::status(k, now), "created": created(k), "last_used": last}))
                 .collect();
-            println!("{}", json!(keys));
+            let _ = writeln!(out, "{}", json!(keys));
         }
     }
-    Ok(())
+    out.flush()
+        .map_err(|e| format!("cannot write the list: {e}"))
 }
 
 fn csv_field(s: &str) -> String {

@@ -93,6 +93,8 @@ async fn serve(path: &Path) -> (ExitCode, Option<Arc<Gateway>>) {
             return (ExitCode::FAILURE, None);
         }
     };
+    // The parse of a large file is over: its transient memory need not stay resident.
+    crate::memory::release_freed();
     let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -196,22 +196,28 @@ fn strings(list: &[String]) -> Value {
     Value::Array(a)
 }
 
-/// Runs `change` on the document under the lock, validates, writes atomically.
-fn apply<T>(
+/// The config file's real path (not a symlink to it), so that one lock covers every spelling.
+fn real_path(path: &Path) -> Result<PathBuf, EditError> {
+    std::fs::canonicalize(path).map_err(|source| EditError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read(path: &Path) -> Result<String, EditError> {
+    std::fs::read_to_string(path).map_err(|source| EditError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Runs `change` on the whole document of `text` (the file, read under its lock), validates
+/// the result as `serve` would, and writes it atomically.
+fn apply_whole<T>(
     path: &Path,
+    text: &str,
     change: impl FnOnce(&mut DocumentMut) -> Result<T, EditError>,
 ) -> Result<T, EditError> {
-    // Edit the real file (not a symlink to it), under one lock whatever the spelling.
-    let path = &std::fs::canonicalize(path).map_err(|source| EditError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let _lock = FileLock::acquire(path)?;
-    let io = |source| EditError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let text = std::fs::read_to_string(path).map_err(io)?;
     let mut doc: DocumentMut =
         text.parse()
             .map_err(|e: toml_edit::TomlError| EditError::Syntax {
@@ -222,11 +228,281 @@ fn apply<T>(
     let new_text = doc.to_string();
     let base = path.parent().unwrap_or(Path::new("."));
     super::from_str(&new_text, base).map_err(|e| EditError::Invalid(e.problems))?;
-    write_atomically(path, new_text.as_bytes()).map_err(|e| io_error(path, e))?;
+    write_atomically(path, &[new_text.as_bytes()]).map_err(|e| io_error(path, e))?;
     Ok(result)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// A change made to one key's table.
+type TableEdit<'a, T> = Box<dyn FnOnce(&mut Table) -> Result<T, EditError> + 'a>;
+
+/// A change to one key, made on that key's table alone when the file can be split into key
+/// tables ([`super::split`]): the table is parsed, changed and validated (with the rest of
+/// the config, and its id and hash against every other key's), and the file is rewritten in
+/// one pass with the other bytes as they were. Otherwise the whole document is edited.
+enum KeyChange<'a, T> {
+    /// Change the key with this id.
+    Edit(
+        &'a str,
+        TableEdit<'a, T>,
+    ),
+    /// Add this key.
+    Add(Box<Table>, T),
+    /// Remove the key with this id.
+    Remove(&'a str, T),
+}
+
+fn apply_key<T>(path: &Path, change: KeyChange<'_, T>) -> Result<T, EditError> {
+    let path = &real_path(path)?;
+    let _lock = FileLock::acquire(path)?;
+    let text = read(path)?;
+    let Some(index) = super::split::split(&text).and_then(|parts| KeyIndex::new(&text, parts))
+    else {
+        return apply_whole(path, &text, |doc| whole(doc, change));
+    };
+    match change {
+        KeyChange::Remove(id, result) => {
+            let i = index.position(id)?;
+            let range = index.parts.keys[i].clone();
+            let (before, after) = (&text[..range.start], &text[range.end..]);
+            // Removing a table cannot make the others invalid; the rest is checked anyway.
+            check_rest(path, &text, &index)?;
+            write_atomically(path, &[before.as_bytes(), after.as_bytes()])
+                .map_err(|e| io_error(path, e))?;
+            Ok(result)
+        }
+        KeyChange::Edit(id, f) => {
+            let i = index.position(id)?;
+            let range = index.parts.keys[i].clone();
+            let mut doc: DocumentMut = match text[range.clone()].parse() {
+                Ok(doc) => doc,
+                Err(_) => {
+                    return apply_whole(path, &text, |doc| whole(doc, KeyChange::Edit(id, f)));
+                }
+            };
+            let Some(table) =
+                only_key(&mut doc).filter(|t| t.get("id").and_then(|v| v.as_str()) == Some(id))
+            else {
+                return apply_whole(path, &text, |doc| whole(doc, KeyChange::Edit(id, f)));
+            };
+            let result = f(table)?;
+            let new = doc.to_string();
+            index.check(path, &text, &new, i, Some(i))?;
+            write_atomically(
+                path,
+                &[
+                    &text.as_bytes()[..range.start],
+                    new.as_bytes(),
+                    &text.as_bytes()[range.end..],
+                ],
+            )
+            .map_err(|e| io_error(path, e))?;
+            Ok(result)
+        }
+        KeyChange::Add(table, result) => {
+            let mut doc = DocumentMut::new();
+            let mut keys = toml_edit::ArrayOfTables::new();
+            keys.push(*table);
+            doc.insert("keys", Item::ArrayOfTables(keys));
+            // After the last key, separated from it by a blank line.
+            let at = index.parts.keys.last().map_or(text.len(), |r| r.end);
+            let before = &text[..at];
+            let gap = if before.ends_with("\n\n") || before.is_empty() {
+                ""
+            } else if before.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            };
+            let new = format!("{gap}{doc}");
+            let i = index.parts.keys.len();
+            index.check(path, &text, &new, i, None)?;
+            let mut pieces = vec![before.as_bytes(), new.as_bytes(), &text.as_bytes()[at..]];
+            if !text[at..].is_empty() && !new.ends_with("\n\n") {
+                pieces.insert(2, b"\n");
+            }
+            write_atomically(path, &pieces).map_err(|e| io_error(path, e))?;
+            Ok(result)
+        }
+    }
+}
+
+/// A [`KeyChange`] on the whole document.
+fn whole<T>(doc: &mut DocumentMut, change: KeyChange<'_, T>) -> Result<T, EditError> {
+    match change {
+        KeyChange::Edit(id, f) => f(find(doc, id)?),
+        KeyChange::Add(table, result) => {
+            keys_mut(doc)?.push(*table);
+            Ok(result)
+        }
+        KeyChange::Remove(id, result) => {
+            let keys = keys_mut(doc)?;
+            let index = keys
+                .iter()
+                .position(|t| t.get("id").and_then(|v| v.as_str()) == Some(id))
+                .ok_or_else(|| EditError::NotFound(id.to_owned()))?;
+            keys.remove(index);
+            Ok(result)
+        }
+    }
+}
+
+/// The one `[[keys]]` table of a document holding a single key table.
+fn only_key(doc: &mut DocumentMut) -> Option<&mut Table> {
+    let keys = doc.get_mut("keys")?.as_array_of_tables_mut()?;
+    if keys.len() != 1 {
+        return None;
+    }
+    keys.get_mut(0)
+}
+
+/// The ids and hashes of a split file's key tables, read from their lines without parsing
+/// them: what an edit of one key is checked against.
+struct KeyIndex {
+    parts: super::split::Parts,
+    ids: Vec<String>,
+    /// `hash` and `previous_hash` values of each key, lowercase.
+    hashes: Vec<Vec<String>>,
+}
+
+impl KeyIndex {
+    /// `None` when a table does not state its id on a plain `id = "..."` line before anything
+    /// that could hide one (a multi-line string): the whole document is edited then.
+    fn new(text: &str, parts: super::split::Parts) -> Option<Self> {
+        let mut ids = Vec::with_capacity(parts.keys.len());
+        let mut hashes = Vec::with_capacity(parts.keys.len());
+        for r in &parts.keys {
+            let table = text.get(r.clone())?;
+            let mut id = None;
+            let mut own = Vec::new();
+            // Past the blank and comment lines before the header, and the header itself.
+            let body = table
+                .lines()
+                .skip_while(|l| !l.trim_start().starts_with('['));
+            for line in body.skip(1) {
+                let line = line.trim();
+                if line.contains("\"\"\"") || line.contains("'''") {
+                    return None;
+                }
+                if line.starts_with('[') {
+                    break;
+                }
+                match assignment(line) {
+                    Some(("id", v)) if id.is_none() => id = Some(v.to_owned()),
+                    Some(("id", _)) => return None,
+                    Some(("hash" | "previous_hash", v)) => own.push(v.to_ascii_lowercase()),
+                    _ => {}
+                }
+            }
+            ids.push(id?);
+            hashes.push(own);
+        }
+        Some(Self { parts, ids, hashes })
+    }
+
+    fn position(&self, id: &str) -> Result<usize, EditError> {
+        let mut found = self.ids.iter().enumerate().filter(|(_, k)| *k == id);
+        match (found.next(), found.next()) {
+            (Some((i, _)), None) => Ok(i),
+            (None, _) => Err(EditError::NotFound(id.to_owned())),
+            (Some(_), Some(_)) => Err(EditError::Invalid(vec![format!(
+                "key id {id:?} is in the file twice; fix the file first"
+            )])),
+        }
+    }
+
+    /// Validates key table `new` (to be the key at `index`, replacing key `replaces`) with the
+    /// rest of the config, as `serve` would, and its id and hashes against the other keys.
+    fn check(
+        &self,
+        path: &Path,
+        text: &str,
+        new: &str,
+        index: usize,
+        replaces: Option<usize>,
+    ) -> Result<(), EditError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut alone = self.parts.rest(text);
+        if !alone.ends_with('\n') {
+            alone.push('\n');
+        }
+        alone.push_str(new);
+        let config = super::from_str(&alone, base).map_err(|e| {
+            // Problems of the key alone are `keys[0]...`; in the file it is `keys[index]`.
+            EditError::Invalid(
+                e.problems
+                    .into_iter()
+                    .map(|p| match p.strip_prefix("keys[0]") {
+                        Some(rest) => format!("keys[{index}]{rest}"),
+                        None => p,
+                    })
+                    .collect(),
+            )
+        })?;
+        let Some(key) = config.keys.first() else {
+            return Err(EditError::Invalid(vec![format!(
+                "keys[{index}]: the change left no key table"
+            )]));
+        };
+        let others = |i: &usize| Some(*i) != replaces;
+        let mut problems = Vec::new();
+        if let Some(i) = (0..self.ids.len())
+            .filter(others)
+            .find(|i| self.ids[*i] == *key.id)
+        {
+            problems.push(format!(
+                "keys[{index}].id: duplicate key id {:?} (also keys[{i}])",
+                &*key.id
+            ));
+        }
+        let own = std::iter::once(key.digest.to_string())
+            .chain(key.previous.as_ref().map(|p| p.digest.to_string()));
+        for digest in own {
+            if let Some(i) = (0..self.hashes.len())
+                .filter(others)
+                .find(|i| self.hashes[*i].contains(&digest))
+            {
+                problems.push(format!(
+                    "keys[{index}].hash: already used by key {:?}",
+                    self.ids[i]
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(EditError::Invalid(problems))
+        }
+    }
+}
+
+/// Checks that the config without its keys is valid (before removing one).
+fn check_rest(path: &Path, text: &str, index: &KeyIndex) -> Result<(), EditError> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    super::from_str(&index.parts.rest(text), base)
+        .map(|_| ())
+        .map_err(|e| EditError::Invalid(e.problems))
+}
+
+/// `name = "value"` (a bare name, a basic or literal string without escapes), a comment
+/// after it allowed.
+fn assignment(line: &str) -> Option<(&str, &str)> {
+    let (name, value) = line.split_once('=')?;
+    let name = name.trim();
+    let value = value.trim();
+    let quote = value.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+    let inner = value.get(1..)?;
+    let end = inner.find(quote)?;
+    let v = &inner[..end];
+    let after = inner[end + 1..].trim();
+    if v.contains('\\') || !(after.is_empty() || after.starts_with('#')) {
+        return None;
+    }
+    Some((name, v))
+}
+
+/// Writes `pieces`, one after the other, as the new content of `path`: a temp file in the
+/// same directory, fsync, rename.
+fn write_atomically(path: &Path, pieces: &[&[u8]]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -239,7 +515,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         if let Ok(meta) = std::fs::metadata(path) {
             f.set_permissions(meta.permissions())?;
         }
-        f.write_all(bytes)?;
+        let mut w = std::io::BufWriter::new(&mut f);
+        for piece in pieces {
+            w.write_all(piece)?;
+        }
+        w.flush()?;
+        drop(w);
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -370,7 +651,7 @@ pub fn create(path: &Path, spec: &NewKey, now: SystemTime) -> Result<(String, Ap
     let key = ApiKey::generate();
     let id = new_id();
     let hash = key.digest().to_string();
-    apply(path, |doc| {
+    let table = {
         let mut t = Table::new();
         t["id"] = value(id.as_str());
         t["name"] = value(spec.name.as_str());
@@ -396,33 +677,34 @@ pub fn create(path: &Path, spec: &NewKey, now: SystemTime) -> Result<(String, Ap
             fields.expires = Change::Set(later(now, life, "expires")?);
         }
         set_fields(&mut t, &fields)?;
-        keys_mut(doc)?.push(t);
-        Ok(())
-    })?;
+        t
+    };
+    apply_key(path, KeyChange::Add(Box::new(table), ()))?;
     Ok((id, key))
 }
 
 pub fn update(path: &Path, id: &str, fields: &KeyFields) -> Result<(), EditError> {
-    apply(path, |doc| set_fields(find(doc, id)?, fields))
+    apply_key(
+        path,
+        KeyChange::Edit(id, Box::new(|t: &mut Table| set_fields(t, fields))),
+    )
 }
 
 pub fn set_active(path: &Path, id: &str, active: bool) -> Result<(), EditError> {
-    apply(path, |doc| {
-        find(doc, id)?["status"] = value(if active { "active" } else { "inactive" });
-        Ok(())
-    })
+    apply_key(
+        path,
+        KeyChange::Edit(
+            id,
+            Box::new(move |t: &mut Table| {
+                t["status"] = value(if active { "active" } else { "inactive" });
+                Ok(())
+            }),
+        ),
+    )
 }
 
 pub fn delete(path: &Path, id: &str) -> Result<(), EditError> {
-    apply(path, |doc| {
-        let keys = keys_mut(doc)?;
-        let index = keys
-            .iter()
-            .position(|t| t.get("id").and_then(|v| v.as_str()) == Some(id))
-            .ok_or_else(|| EditError::NotFound(id.to_owned()))?;
-        keys.remove(index);
-        Ok(())
-    })
+    apply_key(path, KeyChange::Remove(id, ()))
 }
 
 /// Gives the key a new secret; the old one stays valid until now + `grace`. Same id, so
@@ -435,8 +717,7 @@ pub fn rotate(
 ) -> Result<ApiKey, EditError> {
     let key = ApiKey::generate();
     let hash = key.digest().to_string();
-    apply(path, |doc| {
-        let t = find(doc, id)?;
+    let change = move |t: &mut Table| {
         let old = t.get("hash").and_then(|v| v.as_str()).map(str::to_owned);
         let Some(old) = old else {
             return Err(EditError::Invalid(vec![format!("key {id:?} has no hash")]));
@@ -457,7 +738,8 @@ pub fn rotate(
         t["previous_expires"] = value(utc(later(now, grace, "grace")?)?);
         t["hash"] = value(hash.as_str());
         Ok(())
-    })?;
+    };
+    apply_key(path, KeyChange::Edit(id, Box::new(change)))?;
     Ok(key)
 }
 
@@ -630,5 +912,178 @@ output_per_million = 1.10
         let err = create(&path, &bad, SystemTime::now()).unwrap_err();
         assert!(err.to_string().contains("keys[0].allowed_ips[0]"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), BASE);
+    }
+
+    fn key_table(id: &str, hash_seed: u8, extra: &str) -> String {
+        let hash = crate::auth::ApiKey::generate().digest().to_string();
+        let _ = hash_seed;
+        format!(
+            "[[keys]]\nid = \"{id}\"   # {id}'s comment\nname = \"{id}\"\nenvironment = \"production\"\nhash = \"{hash}\"\ncreated = 2026-01-01T00:00:00Z\nscopes = [\"chat\"]\n{extra}\n"
+        )
+    }
+
+    /// On a file of key tables, an edit touches the bytes of its key's table only.
+    #[test]
+    fn one_key_is_edited_in_place_and_every_other_byte_is_kept() {
+        let text = format!(
+            "{BASE}\n{}\n{}[keys.limits]   # sub-table\nrequests_per_minute = 5\n\n{}\n# after the keys\n[storage]\npath = \"x.db\"\n",
+            key_table("a", 1, ""),
+            key_table("b", 2, ""),
+            key_table("c", 3, "")
+        );
+        let (_dir, path) = file(&text);
+        update(
+            &path,
+            "b",
+            &KeyFields {
+                tokens_per_minute: Change::Set(700),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let after = std::fs::read_to_string(&path).unwrap();
+        let (start, end) = (
+            text.find("[[keys]]\nid = \"b\"").unwrap(),
+            text.find("[[keys]]\nid = \"c\"").unwrap(),
+        );
+        assert!(after.starts_with(&text[..start]));
+        assert!(after.ends_with(&text[end..]));
+        let b = &after[start..after.len() - (text.len() - end)];
+        assert!(
+            b.contains("# b's comment") && b.contains("# sub-table"),
+            "{b}"
+        );
+        assert!(
+            b.contains("tokens_per_minute = 700") && b.contains("requests_per_minute = 5"),
+            "{b}"
+        );
+        let config = crate::config::load(&path).unwrap();
+        assert_eq!(config.keys.len(), 3);
+        assert_eq!(
+            config.keys[1].limits.tokens_per_minute.map(|n| n.get()),
+            Some(700)
+        );
+
+        // A new key goes after the last key, before the tables that follow the keys.
+        let (id, _) = create(
+            &path,
+            &NewKey {
+                name: "d".into(),
+                environment: "production".into(),
+                fields: KeyFields {
+                    scopes: Some(vec!["chat".into()]),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            SystemTime::now(),
+        )
+        .unwrap();
+        let after = std::fs::read_to_string(&path).unwrap();
+        let new_at = after.find(&format!("id = \"{id}\"")).unwrap();
+        assert!(
+            new_at > after.find("id = \"c\"").unwrap()
+                && new_at < after.find("# after the keys").unwrap(),
+            "{after}"
+        );
+        let config = crate::config::load(&path).unwrap();
+        assert_eq!(config.keys.len(), 4);
+        assert_eq!(config.storage.path.file_name().unwrap(), "x.db");
+
+        delete(&path, "a").unwrap();
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert!(!after.contains("id = \"a\"") && after.contains("# b's comment"));
+        assert_eq!(crate::config::load(&path).unwrap().keys.len(), 3);
+        assert!(matches!(delete(&path, "a"), Err(EditError::NotFound(_))));
+    }
+
+    /// An edit that would clash with another key, or break the key, is refused with the key's
+    /// path in the file, and the file is unchanged.
+    #[test]
+    fn an_edit_is_validated_against_the_other_keys() {
+        let text = format!(
+            "{BASE}\n{}\n{}",
+            key_table("a", 1, ""),
+            key_table("b", 2, "")
+        );
+        let (_dir, path) = file(&text);
+        let err = update(
+            &path,
+            "b",
+            &KeyFields {
+                allowed_ips: Change::Set(vec!["300.1.1.1".into()]),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("keys[1].allowed_ips[0]"), "{err}");
+        let err = update(
+            &path,
+            "b",
+            &KeyFields {
+                name: Some("x".into()),
+                ..Default::default()
+            },
+        );
+        assert!(err.is_ok());
+        // Give b a's hash through the edit closure: refused as a duplicate.
+        let a_hash = text
+            .split("hash = \"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned();
+        let before = std::fs::read_to_string(&path).unwrap();
+        let err = apply_key(
+            &path,
+            KeyChange::Edit(
+                "b",
+                Box::new(move |t: &mut Table| {
+                    t["hash"] = value(a_hash.as_str());
+                    Ok(())
+                }),
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("already used by key \"a\""),
+            "{err}"
+        );
+        let err = apply_key(
+            &path,
+            KeyChange::Edit(
+                "b",
+                Box::new(|t: &mut Table| {
+                    t["id"] = value("a");
+                    Ok(())
+                }),
+            ),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("duplicate key id \"a\""), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+    }
+
+    /// A key whose table hides a header-like line in a multi-line string is edited through the
+    /// whole document, correctly.
+    #[test]
+    fn unusual_files_fall_back_to_the_whole_document() {
+        let text = format!(
+            "{BASE}\n{}\n[[keys]]\ndescription = \"\"\"\n[[keys]]\nid = \"evil\"\n\"\"\"\nid = \"b\"\nname = \"b\"\nenvironment = \"production\"\nhash = \"{}\"\ncreated = 2026-01-01T00:00:00Z\nscopes = [\"chat\"]\n",
+            key_table("a", 1, ""),
+            crate::auth::ApiKey::generate().digest()
+        );
+        let (_dir, path) = file(&text);
+        assert_eq!(crate::config::load(&path).unwrap().keys.len(), 2);
+        set_active(&path, "b", false).unwrap();
+        let config = crate::config::load(&path).unwrap();
+        assert!(config.keys[0].active && !config.keys[1].active);
+        assert!(config.keys[1].description.contains("id = \"evil\""));
+        assert!(matches!(
+            set_active(&path, "evil", false),
+            Err(EditError::NotFound(_))
+        ));
     }
 }

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::split;
+
 #[derive(Debug, Deserialize)]
 pub struct RawConfig {
     pub server: RawServer,
@@ -61,6 +63,7 @@ pub struct RawAdmin {
     pub listen: Option<String>,
     pub token_env: Option<String>,
     pub allowed_hosts: Option<Vec<String>>,
+    pub per_key_metrics: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,9 +148,55 @@ fn default_status() -> String {
 
 /// Parses TOML text: the config and every unknown field by its TOML path, or every unknown
 /// field met before a value that does not parse, then that error (with its path and line).
+///
+/// A file of many keys is parsed key by key (see [`split`]): each `[[keys]]` table on its own,
+/// then the rest, so the transient parse tree is the size of one key, not of the whole file.
+/// Anything the split cannot take for certain, and every error, goes through the whole-file
+/// parse, so the result and the messages are the same either way.
 pub fn parse(text: &str) -> Result<(RawConfig, Vec<String>), Vec<String>> {
+    if let Some(parts) = split::split(text)
+        && let Some(parsed) = parse_split(text, &parts)
+    {
+        return Ok(parsed);
+    }
+    parse_whole(text)
+}
+
+/// One `[[keys]]` table parsed alone.
+#[derive(Deserialize)]
+struct OneKey {
+    keys: Vec<RawKey>,
+}
+
+/// The split parse, or `None` when anything is not exactly as expected (the caller then
+/// parses the whole file, which also words any error).
+fn parse_split(text: &str, parts: &split::Parts) -> Option<(RawConfig, Vec<String>)> {
+    let (mut raw, mut unknown) = parse_whole(&parts.rest(text)).ok()?;
+    if !raw.keys.is_empty() {
+        return None;
+    }
+    raw.keys.reserve_exact(parts.keys.len());
+    for (i, range) in parts.keys.iter().enumerate() {
+        let mut own = Vec::new();
+        let de = toml::Deserializer::parse(text.get(range.clone())?).ok()?;
+        let mut note = |path: serde_ignored::Path<'_>| own.push(toml_path(&path));
+        let one: OneKey =
+            serde::Deserialize::deserialize(serde_ignored::Deserializer::new(de, &mut note))
+                .ok()?;
+        let [key] = <[RawKey; 1]>::try_from(one.keys).ok()?;
+        raw.keys.push(key);
+        for path in own {
+            // `keys[0]...` in the table alone is `keys[i]...` in the file.
+            let rest = path.strip_prefix("keys[0]")?;
+            unknown.push(format!("keys[{i}]{rest}: unknown field"));
+        }
+    }
+    Some((raw, unknown))
+}
+
+fn parse_whole(text: &str) -> Result<(RawConfig, Vec<String>), Vec<String>> {
+    let de = toml::Deserializer::parse(text).map_err(|e| vec![described(text, "", &e)])?;
     let mut unknown = Vec::new();
-    let de = toml::Deserializer::new(text);
     let mut note = |path: serde_ignored::Path<'_>| {
         unknown.push(format!("{}: unknown field", toml_path(&path)));
     };
@@ -157,19 +206,24 @@ pub fn parse(text: &str) -> Result<(RawConfig, Vec<String>), Vec<String>> {
         Ok(raw) => Ok((raw, unknown)),
         Err(e) => {
             let path = e.path().to_string();
-            let inner = e.into_inner();
-            let msg = inner.message().trim_end().to_owned();
-            let line = inner
-                .span()
-                .map(|span| format!(" (line {})", line_of(text, span.start)))
-                .unwrap_or_default();
-            unknown.push(if path == "." || path.is_empty() {
-                format!("{msg}{line}")
-            } else {
-                format!("{path}: {msg}{line}")
-            });
+            let path = if path == "." { String::new() } else { path };
+            unknown.push(described(text, &path, e.inner()));
             Err(unknown)
         }
+    }
+}
+
+/// `path: message (line N)`.
+fn described(text: &str, path: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim_end();
+    let line = e
+        .span()
+        .map(|span| format!(" (line {})", line_of(text, span.start)))
+        .unwrap_or_default();
+    if path.is_empty() {
+        format!("{msg}{line}")
+    } else {
+        format!("{path}: {msg}{line}")
     }
 }
 

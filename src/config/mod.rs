@@ -3,6 +3,7 @@
 
 pub mod edit;
 pub mod file;
+pub mod split;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -121,6 +122,22 @@ pub struct Admin {
     /// `Host` values the admin listener answers; others get 421, so a web page cannot read
     /// it through DNS rebinding.
     pub allowed_hosts: AllowedHosts,
+    /// Which keys get per-key gauge series on `/metrics`.
+    pub per_key_metrics: PerKeyMetrics,
+}
+
+/// Which keys `/metrics` shows per-key gauges for (`keygate_key_spend_usd`, `keygate_key_limit`,
+/// `keygate_key_info`, `keygate_key_expiry_timestamp_seconds`). Per-key counters exist only for
+/// keys that had requests since start, whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PerKeyMetrics {
+    /// Keys with a request since start or spend this month, and keys expiring within 30 days:
+    /// every key a shipped alert or dashboard panel can concern, and a scrape that stays small
+    /// with 100,000 keys of which few are busy.
+    #[default]
+    Active,
+    /// Every configured key.
+    All,
 }
 
 /// The `Host` values an admin listener answers.

@@ -16,7 +16,8 @@ use super::file::{
 };
 use super::{
     Admin, AllowedHosts, Cluster, Config, ConfigError, Environment, KeyPolicy, Limits, Model,
-    Models, OnRedisDown, PreviousSecret, Price, Server, ServerLimits, Storage, TlsFiles, Upstream,
+    Models, OnRedisDown, PerKeyMetrics, PreviousSecret, Price, Server, ServerLimits, Storage,
+    TlsFiles, Upstream,
 };
 use crate::access::{IpRules, ReferrerRules, Scope, ScopeSet, parse_ip_or_cidr};
 use crate::auth::KeyDigest;
@@ -56,6 +57,17 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             .token_env
             .unwrap_or_else(|| "KEYGATE_ADMIN_TOKEN".to_owned()),
         allowed_hosts: allowed_hosts(raw.admin.allowed_hosts.as_deref(), &mut p),
+        per_key_metrics: match raw.admin.per_key_metrics.as_deref() {
+            None | Some("active") => PerKeyMetrics::Active,
+            Some("all") => PerKeyMetrics::All,
+            Some(other) => {
+                p.add(
+                    "admin.per_key_metrics",
+                    format!("{other:?} is neither \"active\" nor \"all\""),
+                );
+                PerKeyMetrics::Active
+            }
+        },
     };
     if let Some(server) = &server {
         let (a, b) = (server.listen, admin.listen);

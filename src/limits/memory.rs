@@ -257,6 +257,11 @@ impl MemoryStore {
         }
     }
 
+    /// Whether the key has had a request (or restored spend) in this process.
+    pub fn touched(&self, key_id: &str) -> bool {
+        self.keys.contains_key(key_id)
+    }
+
     /// Settled spend of `month`, in micro-dollars.
     pub fn month_spend(&self, key_id: &str, month: u32) -> u64 {
         self.keys.get(key_id).map_or(0, |s| {

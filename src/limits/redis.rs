@@ -445,6 +445,11 @@ impl SharedStore {
         }
     }
 
+    /// Whether the key has had a request through this replica.
+    pub fn touched(&self, key_id: &str) -> bool {
+        self.local.touched(key_id)
+    }
+
     /// A key's month spend over all replicas, as Redis last said (plus what settled since).
     pub fn month_spend(&self, key_id: &str, month: u32) -> u64 {
         self.spend

@@ -173,6 +173,14 @@ impl Limiter {
         }
     }
 
+    /// Whether the key has had a request through this process.
+    pub fn touched(&self, key_id: &str) -> bool {
+        match self {
+            Limiter::Memory(m) => m.touched(key_id),
+            Limiter::Shared(s) => s.touched(key_id),
+        }
+    }
+
     /// Settled spend of `month`, in micro-dollars (over all replicas when shared).
     pub fn month_spend(&self, key_id: &str, month: u32) -> u64 {
         match self {
