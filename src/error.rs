@@ -277,7 +277,7 @@ impl Refusal {
         }
     }
 
-    /// The OpenAI `error.code`; see PRODUCT.md's table.
+    /// The OpenAI `error.code`; see the table in docs/reference.md.
     pub fn code(&self) -> &'static str {
         match self {
             Refusal::Auth(AuthError::Missing | AuthError::Malformed(_) | AuthError::Unknown) => {
@@ -460,12 +460,20 @@ impl Refusal {
     fn should_retry(&self) -> Option<bool> {
         match self {
             Refusal::BudgetExceeded(b) => Some(b.retryable()),
-            Refusal::TooManyTokens { .. } | Refusal::BlockedClient => Some(false),
+            // Only an operator can fix these: a retry would fail the same way.
+            Refusal::TooManyTokens { .. }
+            | Refusal::BlockedClient
+            | Refusal::UpstreamAuth
+            | Refusal::UpstreamKeyMissing => Some(false),
+            // The upstream's 429 and 5xx may pass; any other status (402: the upstream
+            // account's balance) will not.
+            Refusal::UpstreamStatus { status, .. } => {
+                Some(*status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+            }
             Refusal::RateLimited { .. }
             | Refusal::LedgerUnavailable
             | Refusal::BodyBufferFull
-            | Refusal::LimitsUnavailable
-            | Refusal::UpstreamStatus { .. } => Some(true),
+            | Refusal::LimitsUnavailable => Some(true),
             _ => None,
         }
     }

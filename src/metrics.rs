@@ -16,7 +16,7 @@ use crate::error::Reason;
 use crate::events::EventKind;
 use crate::upstream::Usage;
 
-/// Metric names, as PRODUCT.md lists them.
+/// Metric names, as docs/reference.md lists them.
 pub mod names {
     pub const REQUESTS: &str = "keygate_requests_total";
     pub const TOKENS: &str = "keygate_tokens_total";

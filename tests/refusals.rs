@@ -350,7 +350,8 @@ async fn upstream_unreachable_is_502_and_timeout_is_504() {
 #[tokio::test]
 async fn upstream_rejecting_keygates_key_is_a_generic_502_without_upstream_text() {
     let s = Setup::new(&[("app", "scopes = [\"chat\"]")]).await;
-    for status in ["401", "403"] {
+    // 402 is the upstream account's balance: no retry can fix it, nor keygate's own key.
+    for status in ["401", "403", "402"] {
         let req = Request::post(s.gw.url("/v1/chat/completions"))
             .header("authorization", s.key("app").bearer())
             .header("content-type", "application/json")
@@ -359,6 +360,7 @@ async fn upstream_rejecting_keygates_key_is_a_generic_502_without_upstream_text(
             .unwrap();
         let a = send(req).await;
         assert_openai_error(&a, 502, "upstream_error");
+        assert_eq!(a.headers["x-should-retry"], "false", "{status}");
         assert!(!a.text().contains(UPSTREAM_SECRET_TEXT));
         assert!(!a.text().contains("mock"));
     }

@@ -241,10 +241,7 @@ type TableEdit<'a, T> = Box<dyn FnOnce(&mut Table) -> Result<T, EditError> + 'a>
 /// one pass with the other bytes as they were. Otherwise the whole document is edited.
 enum KeyChange<'a, T> {
     /// Change the key with this id.
-    Edit(
-        &'a str,
-        TableEdit<'a, T>,
-    ),
+    Edit(&'a str, TableEdit<'a, T>),
     /// Add this key.
     Add(Box<Table>, T),
     /// Remove the key with this id.
