@@ -11,7 +11,9 @@
 # throughput, and what it adds to latency. wrk runs on core 0; the proxy and the mock share
 # core 1, keygate and the mock with one worker thread each (nginx: one process, access log
 # on, buffering off). "keygate" uses a key with no limits, "kg+all" a key with every limit
-# and rule (high enough that nothing is refused). Everything binds to 127.0.0.1.
+# and rule (high enough that nothing is refused), "kg+redis" that key with limits shared on a
+# local Redis, "kg+100k" that key on a gateway configured with 100,000 keys. Everything binds
+# to 127.0.0.1.
 # Usage: benches/load.sh [seconds per run, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -107,6 +109,30 @@ kgr_pid=$!
 pids+=($kgr_pid)
 gwr=$(wait_for "$tmp/keygate-redis.log" 'keygate listening addr=127\.0\.0\.1:[0-9]+' | cut -d= -f2)
 
+# A third keygate on the same config plus 99,998 more keys (each with a CIDR, three limits and
+# a scope, as a platform that gives every customer a key): key lookup, limit admission and
+# the brute-force guard must cost the same per request with 100,000 keys as with two.
+python3 - "$tmp/keygate.toml" "$tmp/keygate-100k.toml" "$tmp/keygate-100k.db" <<'PY'
+import hashlib, sys
+src, dst, db = sys.argv[1:4]
+text = open(src).read().replace(src.rsplit("/", 1)[0] + "/keygate.db", db)
+out = [text]
+for n in range(99_998):
+    h = hashlib.sha256(b"bench-%d" % n).hexdigest()
+    out.append(
+        f'\n[[keys]]\nid = "key_{n:08d}"\nname = "customer {n}"\nenvironment = "production"\n'
+        f'hash = "sha256:{h}"\ncreated = 2026-01-01T00:00:00Z\nscopes = ["chat"]\n'
+        f'allowed_ips = ["10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}/32"]\n'
+        f'limits = {{ requests_per_minute = 600, tokens_per_minute = 100000, monthly_spend_usd = 50 }}\n'
+    )
+open(dst, "w").write("".join(out))
+PY
+BENCH_UPSTREAM_KEY=sk-bench TOKIO_WORKER_THREADS=1 RUST_LOG="${RUST_LOG:-info}" \
+  taskset -c 1 "$bin/keygate" serve --config "$tmp/keygate-100k.toml" 2>"$tmp/keygate-100k.log" &
+kgk_pid=$!
+pids+=($kgk_pid)
+gwk=$(wait_for "$tmp/keygate-100k.log" 'keygate listening addr=127\.0\.0\.1:[0-9]+' | cut -d= -f2)
+
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat >"$tmp/nginx.conf" <<NGINX
 worker_processes 1;
@@ -162,7 +188,7 @@ printf '%-13s %-6s %-9s %10s %10s %10s %14s\n' mode conns target req/s p50_us p9
 declare -A R
 for mode in $modes; do
   for conns in 1 64; do
-    for target in direct nginx keygate kg+all kg+redis; do
+    for target in direct nginx keygate kg+all kg+redis kg+100k; do
       script="$tmp/$mode.lua"
       case $target in
         direct) addr=$mock; pid=$kg_pid ;;
@@ -170,6 +196,7 @@ for mode in $modes; do
         keygate) addr=$gw; pid=$kg_pid ;;
         kg+all) addr=$gw; pid=$kg_pid; script="$tmp/${mode}_limited.lua" ;;
         kg+redis) addr=$gwr; pid=$kgr_pid; script="$tmp/${mode}_limited.lua" ;;
+        kg+100k) addr=$gwk; pid=$kgk_pid; script="$tmp/${mode}_limited.lua" ;;
       esac
       redis_before=$(cpu_ticks "$redis_pid")
       before=$(cpu_ticks "$pid")
@@ -202,6 +229,12 @@ for mode in $modes; do
   na=$(awk -v x="${R[$mode,1,nginx,p50]}" -v d="${R[$mode,1,direct,p50]}" 'BEGIN { printf "%.0f", x - d }')
   ka=$(awk -v x="${R[$mode,1,kg+all,p50]}" -v d="${R[$mode,1,direct,p50]}" 'BEGIN { printf "%.0f", x - d }')
   printf '%-13s %12s %12s %14s %14s\n' "$mode" "$cpu" "$rps" "$na" "$ka"
+done
+echo
+echo "kg+100k against kg+all (the same key and limits; 100,000 keys configured instead of two):"
+printf '%-13s %18s\n' mode cpu_ratio_64
+for mode in $modes; do
+  printf '%-13s %18s\n' "$mode" "$(awk -v k="${R[$mode,64,kg+100k,cpu]}" -v n="${R[$mode,64,kg+all,cpu]}" 'BEGIN { printf "%.2f", k / n }')"
 done
 lines=$(grep -c 'keygate::request' "$tmp/keygate.log" || true)
 echo "keygate logged $lines request lines; refusals: $(grep -c 'outcome=refused' "$tmp/keygate.log" || true)"

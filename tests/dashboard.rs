@@ -333,6 +333,13 @@ async fn the_dashboard_refuses_strangers_and_never_shows_secrets_or_markup() {
         let a = page(gw, path, Some(&auth)).await;
         assert_eq!(a.status.as_u16(), 404, "{path}");
     }
+    // The key list can be searched by id or name; what was typed comes back as text.
+    let found = page(gw, "/dashboard?q=TEAM", Some(&auth)).await.text();
+    assert!(found.contains("/dashboard/keys/team-b") && !found.contains("/dashboard/keys/app\""));
+    let found = page(gw, "/dashboard?q=%3Cscript%3E", Some(&auth))
+        .await
+        .text();
+    assert!(!found.contains("<script>") && found.contains("&lt;script&gt;"));
     // Looking changes nothing: the config file is byte for byte the same.
     assert_eq!(std::fs::read_to_string(gw.config_path()).unwrap(), cfg);
     // Only GET: a form post to a page is refused.

@@ -71,8 +71,12 @@ fn since(now: SystemTime) -> String {
     )
 }
 
-/// Everything the overview shows.
-pub async fn overview(gw: &Gateway) -> Overview {
+/// Most rows the key list shows: a page of 100,000 rows would help nobody (search instead).
+pub const MAX_KEY_ROWS: usize = 200;
+
+/// Everything the overview shows: the keys whose id or name contains `query` (every key when
+/// it is empty), most spend this month first, then most recently used.
+pub async fn overview(gw: &Gateway, query: &str) -> Overview {
     let rt = gw.runtime();
     let path = rt.config.storage.path.clone();
     let used = tokio::task::spawn_blocking(move || {
@@ -83,14 +87,38 @@ pub async fn overview(gw: &Gateway) -> Overview {
     })
     .await
     .unwrap_or_default();
+    let needle = query.trim().to_lowercase();
+    let month = calendar::month_index(gw.metering.clock.now_utc());
+    let mut matching: Vec<(u64, Option<&String>, &KeyPolicy)> = rt
+        .config
+        .keys
+        .iter()
+        .filter(|k| {
+            needle.is_empty()
+                || k.id.to_lowercase().contains(&needle)
+                || k.name.to_lowercase().contains(&needle)
+        })
+        .map(|k| {
+            let spend = gw.metering.limits.month_spend(&k.id, month);
+            (spend, used.get(&*k.id), k.as_ref())
+        })
+        .collect();
+    let count = matching.len();
+    // RFC 3339 UTC strings order as the times do.
+    matching.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| b.1.cmp(&a.1))
+            .then_with(|| a.2.id.cmp(&b.2.id))
+    });
+    matching.truncate(MAX_KEY_ROWS);
     Overview {
         generated: time(gw.metering.clock.now_utc()),
-        keys: rt
-            .config
-            .keys
-            .iter()
-            .map(|k| key_row(gw, k, used.get(&*k.id).cloned()))
+        keys: matching
+            .into_iter()
+            .map(|(_, last, k)| key_row(gw, k, last.cloned()))
             .collect(),
+        matching: count,
+        query: query.trim().to_owned(),
         events: gw
             .metering
             .events

@@ -33,8 +33,9 @@ use super::auth;
 use crate::pipeline::body::ResponseBody;
 use crate::state::Gateway;
 
-/// The content security policy of every page: nothing but its own inline styles.
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The content security policy of every page: nothing but its own inline styles, and the key
+/// search submitted to the dashboard itself.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Serves `GET /dashboard...` for someone who presents the admin token with Basic auth.
 pub async fn handle(
@@ -64,7 +65,13 @@ pub async fn handle(
         super::health::refresh_shared_spend(gw).await;
     }
     match path.trim_end_matches('/') {
-        "/dashboard" => html(StatusCode::OK, pages::overview(&data::overview(gw).await)),
+        "/dashboard" => {
+            let query = query_param(req.uri().query(), "q").unwrap_or_default();
+            html(
+                StatusCode::OK,
+                pages::overview(&data::overview(gw, &query).await),
+            )
+        }
         "/dashboard/events" => html(StatusCode::OK, pages::events(&data::events(gw))),
         p => match p.strip_prefix("/dashboard/keys/").map(percent_decode) {
             Some(Some(id)) => match data::key(gw, &id).await {
@@ -77,6 +84,18 @@ pub async fn handle(
             _ => html(StatusCode::NOT_FOUND, pages::not_found("This page")),
         },
     }
+}
+
+/// A query parameter's value, form-decoded (`+` is a space); `None` when absent or invalid.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            percent_decode(&v.replace('+', " "))
+        } else {
+            None
+        }
+    })
 }
 
 /// Decodes `%XX` escapes of a path segment; `None` for bad escapes or non-UTF-8.

@@ -10,7 +10,13 @@
 pub struct Overview {
     /// When the page was built (RFC 3339, UTC), so a stale tab is visible as such.
     pub generated: String,
+    /// The keys shown: those matching `query`, most spend this month first, at most
+    /// [`super::data::MAX_KEY_ROWS`].
     pub keys: Vec<KeyRow>,
+    /// How many keys match `query` (all configured keys when it is empty).
+    pub matching: usize,
+    /// The text keys were filtered by (id or name contains it), as typed.
+    pub query: String,
     /// Recent security events across all keys, newest first.
     pub events: Vec<EventRow>,
 }

@@ -85,8 +85,26 @@ pub fn overview(o: &Overview) -> String {
             &rows,
         )
     };
+    let shown = if o.matching > o.keys.len() {
+        format!(
+            r#"<p class="muted small">Showing the {} keys with the most spend this month, of {} {}. Search by id or name to find others.</p>"#,
+            o.keys.len(),
+            o.matching,
+            if o.query.is_empty() {
+                "keys"
+            } else {
+                "matching keys"
+            },
+        )
+    } else {
+        String::new()
+    };
+    let search = format!(
+        r#"<form method="get" action="/dashboard" class="search"><input type="search" name="q" value="{}" placeholder="Key id or name" aria-label="Search keys"> <button type="submit">Search</button></form>"#,
+        escape(&o.query)
+    );
     let body = format!(
-        r#"<h1>Keys</h1><p class="muted small">Generated {generated}</p>{keys}<h2>Recent security events</h2>{events}"#,
+        r#"<h1>Keys</h1><p class="muted small">Generated {generated}</p>{search}{shown}{keys}<h2>Recent security events</h2>{events}"#,
         generated = escape(&o.generated),
         events = events_table(&o.events),
     );
@@ -191,7 +209,7 @@ fn page(title: &str, body: &str) -> String {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
 <meta name="robots" content="noindex">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'self'">
 <link rel="icon" href="data:,">
 <title>{title} · keygate</title>
 <style>{STYLE}</style></head>
@@ -552,6 +570,8 @@ mod tests {
             overview(&Overview {
                 generated: "2026-12-31T00:00:00Z".to_owned(),
                 keys: vec![row("k1", EVIL), row(EVIL, "x")],
+                matching: 5,
+                query: EVIL.to_owned(),
                 events: vec![event(None), event(Some(EVIL))],
             }),
             overview(&Overview::default()),
@@ -614,6 +634,25 @@ mod tests {
         assert!(html.contains("$1.50 of $10.00"), "{html}");
         assert!(html.contains("requests/min: 12 of 100"), "{html}");
         assert_eq!(html.matches("data-used=").count(), 3 * ids.len());
+    }
+
+    #[test]
+    fn a_long_key_list_says_how_many_it_leaves_out() {
+        let html = overview(&Overview {
+            keys: vec![row("k1", "n")],
+            matching: 100_000,
+            ..Overview::default()
+        });
+        assert!(
+            html.contains("Showing the 1 keys with the most spend this month, of 100000 keys"),
+            "{html}"
+        );
+        let all = overview(&Overview {
+            keys: vec![row("k1", "n")],
+            matching: 1,
+            ..Overview::default()
+        });
+        assert!(!all.contains("Showing the"));
     }
 
     #[test]
