@@ -4,8 +4,6 @@ use clap::Parser;
 use keygate::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
-    // Before any thread starts, so that every thread shares the capped arenas.
-    keygate::memory::limit_arenas();
     let cli = Cli::parse();
     let _log_guard = cli::init_tracing(cli.log_format);
     match cli.command {

@@ -210,21 +210,18 @@ async fn change<T: Send + 'static>(
     let gw = gw.clone();
     let task = tokio::spawn(async move {
         // The edit and the reload read and write files: off the async threads.
-        let for_edit = gw.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let result = edit(&path)?;
-            crate::reload::reload(&for_edit, &path);
-            Ok(result)
-        })
-        .await
-        .map_err(|e| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "edit_failed",
-                e.to_string(),
-            )
-        })?
-        .map_err(edit_error)?;
+        let edited = path.clone();
+        let result = tokio::task::spawn_blocking(move || edit(&edited))
+            .await
+            .map_err(|e| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "edit_failed",
+                    e.to_string(),
+                )
+            })?
+            .map_err(edit_error)?;
+        crate::reload::reload_off_workers(&gw, &path).await;
         gw.metering.events.record(Event {
             time: SystemTime::now(),
             kind: crate::events::EventKind::AdminChange,

@@ -171,27 +171,40 @@ struct OneKey {
 /// The split parse, or `None` when anything is not exactly as expected (the caller then
 /// parses the whole file, which also words any error).
 fn parse_split(text: &str, parts: &split::Parts) -> Option<(RawConfig, Vec<String>)> {
-    let (mut raw, mut unknown) = parse_whole(&parts.rest(text)).ok()?;
-    if !raw.keys.is_empty() {
-        return None;
-    }
+    let (mut raw, mut unknown) = parse_rest(text, parts)?;
     raw.keys.reserve_exact(parts.keys.len());
     for (i, range) in parts.keys.iter().enumerate() {
-        let mut own = Vec::new();
-        let de = toml::Deserializer::parse(text.get(range.clone())?).ok()?;
-        let mut note = |path: serde_ignored::Path<'_>| own.push(toml_path(&path));
-        let one: OneKey =
-            serde::Deserialize::deserialize(serde_ignored::Deserializer::new(de, &mut note))
-                .ok()?;
-        let [key] = <[RawKey; 1]>::try_from(one.keys).ok()?;
-        raw.keys.push(key);
-        for path in own {
-            // `keys[0]...` in the table alone is `keys[i]...` in the file.
-            let rest = path.strip_prefix("keys[0]")?;
-            unknown.push(format!("keys[{i}]{rest}: unknown field"));
-        }
+        raw.keys.push(parse_key(text, range, i, &mut unknown)?);
     }
     Some((raw, unknown))
+}
+
+/// Everything but the key tables, or `None` when that part holds keys of its own.
+pub fn parse_rest(text: &str, parts: &split::Parts) -> Option<(RawConfig, Vec<String>)> {
+    let (raw, unknown) = parse_whole(&parts.rest(text)).ok()?;
+    raw.keys.is_empty().then_some((raw, unknown))
+}
+
+/// Key table `i` (at `range` of `text`) alone, its unknown fields added to `unknown` by their
+/// path in the file; `None` if it does not parse as exactly one key.
+pub fn parse_key(
+    text: &str,
+    range: &std::ops::Range<usize>,
+    i: usize,
+    unknown: &mut Vec<String>,
+) -> Option<RawKey> {
+    let mut own = Vec::new();
+    let de = toml::Deserializer::parse(text.get(range.clone())?).ok()?;
+    let mut note = |path: serde_ignored::Path<'_>| own.push(toml_path(&path));
+    let one: OneKey =
+        serde::Deserialize::deserialize(serde_ignored::Deserializer::new(de, &mut note)).ok()?;
+    let [key] = <[RawKey; 1]>::try_from(one.keys).ok()?;
+    for path in own {
+        // `keys[0]...` in the table alone is `keys[i]...` in the file.
+        let rest = path.strip_prefix("keys[0]")?;
+        unknown.push(format!("keys[{i}]{rest}: unknown field"));
+    }
+    Some(key)
 }
 
 fn parse_whole(text: &str) -> Result<(RawConfig, Vec<String>), Vec<String>> {

@@ -365,8 +365,33 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates config text; `base` anchors relative paths.
 pub fn from_str(text: &str, base: &Path) -> Result<Config, ConfigError> {
+    // Key by key: each table is parsed and validated before the next is read, so the parse of
+    // 100,000 keys never holds more than one key's parse tree, and leaves no garbage between
+    // the keys that stay. Anything unusual falls back to the whole-file parse.
+    if let Some(parts) = split::split(text)
+        && let Some((raw, mut unknown)) = file::parse_rest(text, &parts)
+    {
+        let mut failed = false;
+        let keys = parts.keys.iter().enumerate().map_while(|(i, range)| {
+            let key = file::parse_key(text, range, i, &mut unknown);
+            failed |= key.is_none();
+            key
+        });
+        let validated = validate::validate_keys(raw, keys, parts.keys.len(), base);
+        if !failed {
+            return merged(validated, unknown);
+        }
+    }
     let (raw, unknown) = file::parse(text).map_err(|problems| ConfigError { problems })?;
-    match validate::validate(raw, base) {
+    merged(validate::validate(raw, base), unknown)
+}
+
+/// A validation's result with the unknown fields found while parsing.
+fn merged(
+    validated: Result<Config, ConfigError>,
+    unknown: Vec<String>,
+) -> Result<Config, ConfigError> {
+    match validated {
         Ok(config) if unknown.is_empty() => Ok(config),
         Ok(_) => Err(ConfigError { problems: unknown }),
         Err(mut e) => {

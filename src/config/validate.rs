@@ -42,7 +42,22 @@ impl Problems {
     }
 }
 
-pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+pub fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+    let keys = std::mem::take(&mut raw.keys);
+    let count = keys.len();
+    validate_keys(raw, keys, count, base)
+}
+
+/// [`validate`], with the keys taken one at a time from `keys` (about `count` of them) rather
+/// than from `raw.keys`: a file read key by key is validated as it is read, so each key's
+/// parse leaves no garbage between the keys that stay (see [`super::from_str`]).
+pub fn validate_keys(
+    raw: RawConfig,
+    keys: impl IntoIterator<Item = RawKey>,
+    count: usize,
+    base: &Path,
+) -> Result<Config, ConfigError> {
+    let raw_keys = keys;
     let mut p = Problems::default();
     let server = server(&raw.server, base, &mut p);
     let admin = Admin {
@@ -198,19 +213,20 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     }
 
     let now = SystemTime::now();
-    let mut keys = Vec::with_capacity(raw.keys.len());
-    let mut ids = HashSet::new();
-    let mut digests: HashMap<KeyDigest, String> = HashMap::new();
-    for (i, k) in raw.keys.iter().enumerate() {
+    let mut keys = Vec::with_capacity(count);
+    let mut ids: HashSet<Arc<str>> = HashSet::with_capacity(count);
+    let mut digests: HashMap<KeyDigest, Arc<str>> = HashMap::with_capacity(count);
+    for (i, k) in raw_keys.into_iter().enumerate() {
         let path = format!("keys[{i}]");
-        if !ids.insert(k.id.as_str()) {
+        if ids.contains(k.id.as_str()) {
             p.add(format!("{path}.id"), format!("duplicate key id {:?}", k.id));
         }
-        if let Some(policy) = key(&path, k, &envs, &models, now, &mut p) {
+        if let Some(policy) = key(&path, &k, &envs, &models, now, &mut p) {
+            ids.insert(policy.id.clone());
             for d in
                 std::iter::once(policy.digest).chain(policy.previous.as_ref().map(|s| s.digest))
             {
-                if let Some(other) = digests.insert(d, k.id.clone()) {
+                if let Some(other) = digests.insert(d, policy.id.clone()) {
                     p.add(
                         format!("{path}.hash"),
                         format!("the same key hash is already used by key {other:?}"),
