@@ -100,10 +100,23 @@ fn reload_thread() -> Option<&'static std::sync::Mutex<std::sync::mpsc::Sender<J
 /// [`reload`] on the reload thread (on the blocking pool if that thread cannot be had);
 /// returns whether the new file is in force.
 pub async fn reload_off_workers(gw: &Arc<Gateway>, path: &Path) -> bool {
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let (gw, path) = (gw.clone(), path.to_owned());
+    on_reload_thread(move || reload(&gw, &path))
+        .await
+        .unwrap_or(false)
+}
+
+/// Runs `work` on the reload thread (on the blocking pool if that thread cannot be had).
+/// `None` if the work panicked.
+async fn on_reload_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // In the runtime's context, so the work can spawn (the old snapshot's retirement does).
+    let runtime = tokio::runtime::Handle::current();
     let job: Job = Box::new(move || {
-        let _ = tx.send(reload(&gw, &path));
+        let _context = runtime.enter();
+        let _ = tx.send(work());
     });
     let unsent = match reload_thread() {
         Some(sender) => sender
@@ -117,7 +130,7 @@ pub async fn reload_off_workers(gw: &Arc<Gateway>, path: &Path) -> bool {
     if let Some(job) = unsent {
         drop(tokio::task::spawn_blocking(job));
     }
-    rx.await.unwrap_or(false)
+    rx.await.ok()
 }
 
 /// What identifies one version of the file: modification time, size and inode.

@@ -353,24 +353,26 @@ fn only_key(doc: &mut DocumentMut) -> Option<&mut Table> {
 }
 
 /// The ids and hashes of a split file's key tables, read from their lines without parsing
-/// them: what an edit of one key is checked against.
-struct KeyIndex {
+/// them: what an edit of one key is checked against. It borrows the file's text, so building
+/// it allocates a few vectors, not one string per key (in a running gateway, per-key garbage
+/// would stay behind in the allocator).
+struct KeyIndex<'t> {
     parts: super::split::Parts,
-    ids: Vec<String>,
-    /// `hash` and `previous_hash` values of each key, lowercase.
-    hashes: Vec<Vec<String>>,
+    ids: Vec<&'t str>,
+    /// `hash` and `previous_hash` of each key, as written.
+    hashes: Vec<[Option<&'t str>; 2]>,
 }
 
-impl KeyIndex {
+impl<'t> KeyIndex<'t> {
     /// `None` when a table does not state its id on a plain `id = "..."` line before anything
     /// that could hide one (a multi-line string): the whole document is edited then.
-    fn new(text: &str, parts: super::split::Parts) -> Option<Self> {
+    fn new(text: &'t str, parts: super::split::Parts) -> Option<Self> {
         let mut ids = Vec::with_capacity(parts.keys.len());
         let mut hashes = Vec::with_capacity(parts.keys.len());
         for r in &parts.keys {
             let table = text.get(r.clone())?;
             let mut id = None;
-            let mut own = Vec::new();
+            let mut own = [None, None];
             // Past the blank and comment lines before the header, and the header itself.
             let body = table
                 .lines()
@@ -384,9 +386,10 @@ impl KeyIndex {
                     break;
                 }
                 match assignment(line) {
-                    Some(("id", v)) if id.is_none() => id = Some(v.to_owned()),
+                    Some(("id", v)) if id.is_none() => id = Some(v),
                     Some(("id", _)) => return None,
-                    Some(("hash" | "previous_hash", v)) => own.push(v.to_ascii_lowercase()),
+                    Some(("hash", v)) => own[0] = Some(v),
+                    Some(("previous_hash", v)) => own[1] = Some(v),
                     _ => {}
                 }
             }
@@ -397,7 +400,7 @@ impl KeyIndex {
     }
 
     fn position(&self, id: &str) -> Result<usize, EditError> {
-        let mut found = self.ids.iter().enumerate().filter(|(_, k)| *k == id);
+        let mut found = self.ids.iter().enumerate().filter(|(_, k)| **k == id);
         match (found.next(), found.next()) {
             (Some((i, _)), None) => Ok(i),
             (None, _) => Err(EditError::NotFound(id.to_owned())),
@@ -444,7 +447,7 @@ impl KeyIndex {
         let mut problems = Vec::new();
         if let Some(i) = (0..self.ids.len())
             .filter(others)
-            .find(|i| self.ids[*i] == *key.id)
+            .find(|i| *self.ids[*i] == *key.id)
         {
             problems.push(format!(
                 "keys[{index}].id: duplicate key id {:?} (also keys[{i}])",
@@ -454,10 +457,12 @@ impl KeyIndex {
         let own = std::iter::once(key.digest.to_string())
             .chain(key.previous.as_ref().map(|p| p.digest.to_string()));
         for digest in own {
-            if let Some(i) = (0..self.hashes.len())
-                .filter(others)
-                .find(|i| self.hashes[*i].contains(&digest))
-            {
+            if let Some(i) = (0..self.hashes.len()).filter(others).find(|i| {
+                self.hashes[*i]
+                    .iter()
+                    .flatten()
+                    .any(|h| h.eq_ignore_ascii_case(&digest))
+            }) {
                 problems.push(format!(
                     "keys[{index}].hash: already used by key {:?}",
                     self.ids[i]
@@ -473,7 +478,7 @@ impl KeyIndex {
 }
 
 /// Checks that the config without its keys is valid (before removing one).
-fn check_rest(path: &Path, text: &str, index: &KeyIndex) -> Result<(), EditError> {
+fn check_rest(path: &Path, text: &str, index: &KeyIndex<'_>) -> Result<(), EditError> {
     let base = path.parent().unwrap_or(Path::new("."));
     super::from_str(&index.parts.rest(text), base)
         .map(|_| ())
