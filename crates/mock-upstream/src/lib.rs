@@ -81,6 +81,10 @@ pub struct Generated {
 
 #[derive(Default)]
 struct State {
+    /// Whether requests and generations are kept for [`MockUpstream::requests`] and
+    /// [`MockUpstream::generated`]: on for tests, off for a long-running benchmark mock, whose
+    /// memory would otherwise grow with every request.
+    record: bool,
     requests: Mutex<Vec<Recorded>>,
     generated: Mutex<Vec<Generated>>,
     /// Streams whose reader went away before the stream ended.
@@ -90,6 +94,9 @@ struct State {
 impl State {
     /// Records a generation and returns its index, for a stream to add to as it goes.
     fn generate(&self, g: Generated) -> usize {
+        if !self.record {
+            return usize::MAX;
+        }
         let mut all = self.generated.lock().unwrap_or_else(|e| e.into_inner());
         all.push(g);
         all.len() - 1
@@ -116,10 +123,24 @@ impl MockUpstream {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
+    /// Starts on `addr`, keeping every request and generation for the test to inspect.
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::listen(addr, true).await
+    }
+
+    /// Starts on `addr` without keeping requests: for a mock that serves millions of them
+    /// (the load benchmark), where [`Self::requests`] and [`Self::generated`] stay empty.
+    pub async fn start_unrecorded(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::listen(addr, false).await
+    }
+
+    async fn listen(addr: SocketAddr, record: bool) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            record,
+            ..State::default()
+        });
         let task = tokio::spawn(serve(listener, state.clone()));
         Ok(Self { addr, state, task })
     }
@@ -223,7 +244,9 @@ async fn answer(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let path = parts.uri.path().to_owned();
-    if let Ok(mut log) = state.requests.lock() {
+    if state.record
+        && let Ok(mut log) = state.requests.lock()
+    {
         log.push(Recorded {
             method: parts.method.to_string(),
             path_and_query: parts
