@@ -14,7 +14,7 @@
 # and rule (high enough that nothing is refused), "kg+redis" that key with limits shared on a
 # local Redis, "kg+100k" that key on a gateway configured with 100,000 keys. Everything binds
 # to 127.0.0.1.
-# Usage: benches/load.sh [seconds per run, default 10]
+# Usage: [MODES="plain stream stream_usage"] benches/load.sh [seconds per run, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -159,7 +159,7 @@ nginx_pid=$!
 pids+=($nginx_pid)
 for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null && break; sleep 0.05; done
 
-modes="plain stream stream_usage"
+modes="${MODES:-plain stream stream_usage}"
 for mode in $modes; do
   case $mode in
     plain) extra='' ;;

@@ -23,6 +23,8 @@ pub fn reload(gw: &Gateway, path: &Path) -> bool {
         .reload_lock
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Taken before reading: a change made while the file is read is seen by the watcher.
+    *read_stamp(gw) = stamp(path);
     let result = &gw.metering.metrics.config_reloads;
     match crate::config::load(path) {
         Ok(config) => {
@@ -178,8 +180,21 @@ pub fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
     }
 }
 
-/// Reloads on every change of the file (compared with `loaded`, the stamp taken before the
-/// config in force was read) and on SIGHUP, until `shutdown` resolves.
+/// The stamp of the file version the last reload read (or the first load, see [`watch`]).
+fn last_read(gw: &Gateway) -> Option<Stamp> {
+    *read_stamp(gw)
+}
+
+fn read_stamp(gw: &Gateway) -> std::sync::MutexGuard<'_, Option<Stamp>> {
+    gw.read_stamp
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Reloads on every change of the file and on SIGHUP, until `shutdown` resolves. A change is
+/// a stamp other than the one of the version read last: `loaded` (taken before the config in
+/// force was first read) until a reload reads another. So an edit that reloads by itself (the
+/// admin API's) is not read a second time by the watcher.
 pub async fn watch(
     gw: Arc<Gateway>,
     path: PathBuf,
@@ -187,7 +202,12 @@ pub async fn watch(
     mut hup: Option<tokio::signal::unix::Signal>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let mut last = loaded;
+    {
+        let mut read = read_stamp(&gw);
+        if read.is_none() {
+            *read = loaded;
+        }
+    }
     let mut tick = tokio::time::interval(POLL);
     tokio::pin!(shutdown);
     loop {
@@ -201,14 +221,16 @@ pub async fn watch(
             () = &mut shutdown => return,
             _ = hup_signal => {
                 tracing::info!(target: "keygate::reload", "SIGHUP received");
-                last = stamp(&path);
                 reload_off_workers(&gw, &path).await;
             }
             _ = tick.tick() => {
                 let now = stamp(&path);
-                if now.is_some() && now != last {
-                    last = settled(&path, now).await;
-                    reload_off_workers(&gw, &path).await;
+                if now.is_some() && now != last_read(&gw) {
+                    // Unless a reload of its own read that version while it settled.
+                    let settled = settled(&path, now).await;
+                    if settled != last_read(&gw) {
+                        reload_off_workers(&gw, &path).await;
+                    }
                 }
             }
         }

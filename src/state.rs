@@ -120,6 +120,9 @@ pub struct Gateway {
     pub config_path: Option<std::path::PathBuf>,
     /// Serializes reloads (file watch, SIGHUP and admin changes).
     pub reload_lock: std::sync::Mutex<()>,
+    /// The stamp of the file version the last reload read, so the watcher does not read a
+    /// version again. Held only to copy it, never during a reload.
+    pub read_stamp: std::sync::Mutex<Option<crate::reload::Stamp>>,
     /// Connections to the upstream, driven by the requests that use them.
     pub pool: Arc<Pool>,
     pub metering: Arc<Metering>,
@@ -249,6 +252,7 @@ impl Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             config_path: None,
             reload_lock: std::sync::Mutex::new(()),
+            read_stamp: std::sync::Mutex::new(None),
             pool,
             metering,
             body_budget,

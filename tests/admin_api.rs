@@ -328,6 +328,57 @@ async fn concurrent_patches_never_lose_each_other() {
     }
 }
 
+/// An admin change reloads the config once, and the file watcher does not read the version it
+/// already applied again (with 100,000 keys a reload costs about a second of CPU). A hand edit
+/// after it is still read, once.
+#[tokio::test]
+async fn an_admin_change_reloads_the_config_once() {
+    let s = Setup::new(&[]).await;
+    let reloads = || async {
+        let text = get(&s.gw.admin_url("/metrics"), None).await.text();
+        sample(&text, r#"keygate_config_reloads_total{result="success"}"#).unwrap_or(0.0)
+    };
+    // Longer than the watcher takes to notice a change and let it settle.
+    let watcher_would_have_run = Duration::from_millis(1500);
+    let before = reloads().await;
+    for n in 0..3 {
+        let created = call(
+            &s.gw,
+            Method::POST,
+            "/admin/keys",
+            Some(json!({"name": format!("k{n}"), "environment": "production", "scopes": ["chat"]})),
+        )
+        .await;
+        assert_eq!(created.status, 201, "{}", created.text());
+        assert_eq!(chat_status(&s.gw, &secret(&created)).await, 200);
+    }
+    tokio::time::sleep(watcher_would_have_run).await;
+    assert_eq!(reloads().await - before, 3.0);
+
+    let path = s.gw.config_path();
+    let (added, hash) = TestKey::new("by_hand");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{text}{}",
+            key_toml("by_hand", &hash, "scopes = [\"chat\"]")
+        ),
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while reloads().await - before < 4.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hand edit was not read"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(chat_status(&s.gw, &added).await, 200);
+    tokio::time::sleep(watcher_would_have_run).await;
+    assert_eq!(reloads().await - before, 4.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_edits_apply_within_a_second_and_broken_files_are_refused() {
     // The test polls with a key that is not live yet: keep the brute-force guard out of it.

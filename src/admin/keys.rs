@@ -209,9 +209,8 @@ async fn change<T: Send + 'static>(
     };
     let gw = gw.clone();
     let task = tokio::spawn(async move {
-        // The edit and the reload read and write files: off the async threads.
-        // The edit's transient memory stays on a blocking-pool thread; the snapshot that lives
-        // on is built on the reload thread (see crate::reload).
+        // The edit and the reload read and write files: off the async threads. The reload
+        // records the version it read, so the file watcher does not read it again.
         let edited = path.clone();
         let result = tokio::task::spawn_blocking(move || edit(&edited))
             .await
