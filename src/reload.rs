@@ -90,7 +90,9 @@ fn reload_thread() -> Option<&'static std::sync::Mutex<std::sync::mpsc::Sender<J
                 .name("keygate-reload".into())
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
-                        job();
+                        // A job that panics is answered `None` (its sender is dropped); the
+                        // thread stays for the next one.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                     }
                 })
                 .ok()
@@ -110,7 +112,7 @@ pub async fn reload_off_workers(gw: &Arc<Gateway>, path: &Path) -> bool {
 
 /// Runs `work` on the reload thread (on the blocking pool if that thread cannot be had).
 /// `None` if the work panicked.
-async fn on_reload_thread<T: Send + 'static>(
+pub(crate) async fn on_reload_thread<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -226,7 +228,7 @@ pub async fn watch(
             _ = tick.tick() => {
                 let now = stamp(&path);
                 if now.is_some() && now != last_read(&gw) {
-                    // Unless a reload of its own read that version while it settled.
+                    // Unless another reload (an admin edit, SIGHUP) read it meanwhile.
                     let settled = settled(&path, now).await;
                     if settled != last_read(&gw) {
                         reload_off_workers(&gw, &path).await;

@@ -209,16 +209,19 @@ async fn change<T: Send + 'static>(
     };
     let gw = gw.clone();
     let task = tokio::spawn(async move {
-        // The edit and the reload read and write files: off the async threads. The reload
-        // records the version it read, so the file watcher does not read it again.
+        // The edit and the reload read and write files: off the async threads, on the reload
+        // thread, where the edit's transient memory is reused by the reloads' (measured: ten
+        // edits in a row with 100,000 keys left 33 MB behind there, 40 to 75 MB on the
+        // blocking pool). The reload records the version it read, so the file watcher does not
+        // read it again.
         let edited = path.clone();
-        let result = tokio::task::spawn_blocking(move || edit(&edited))
+        let result = crate::reload::on_reload_thread(move || edit(&edited))
             .await
-            .map_err(|e| {
+            .ok_or_else(|| {
                 error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "edit_failed",
-                    e.to_string(),
+                    "the edit failed unexpectedly; check the config file with keygate check",
                 )
             })?
             .map_err(edit_error)?;

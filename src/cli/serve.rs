@@ -56,7 +56,6 @@ async fn serve(path: &Path) -> (ExitCode, Option<Arc<Gateway>>) {
     // and replace the real file: config::edit resolves it.)
     let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     let hup = crate::reload::hangup_signal();
-    crate::memory::configure();
     let loaded = crate::reload::stamp(path);
     let config = match crate::config::load(path) {
         Ok(c) => c,
