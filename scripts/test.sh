@@ -13,32 +13,35 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import openai' 2>/dev/nul
 fi
 export KEYGATE_PYTHON="$PWD/.venv/bin/python"
 
-# promtool: taken from Debian's prometheus package without installing it, so no Prometheus
-# server is started on this machine.
-if command -v promtool >/dev/null 2>&1; then
-  KEYGATE_PROMTOOL=$(command -v promtool)
-else
-  KEYGATE_PROMTOOL="$PWD/.tools/prometheus/usr/bin/promtool"
-  if [ ! -x "$KEYGATE_PROMTOOL" ]; then
-    echo "== fetching promtool from Debian's prometheus package"
-    mkdir -p .tools/deb
-    if ! (cd .tools/deb && apt-get download prometheus >/dev/null 2>&1); then
-      if [ "$(id -u)" = 0 ]; then apt-get update -qq; else sudo apt-get update -qq; fi
-      (cd .tools/deb && apt-get download prometheus)
-    fi
-    dpkg -x .tools/deb/prometheus_*.deb .tools/prometheus
-  fi
-fi
-"$KEYGATE_PROMTOOL" --version >/dev/null
-export KEYGATE_PROMTOOL
-
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# Installs Debian packages (updating the package lists once if they are stale).
 apt_install() {
   if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
   fi
 }
+# Prints the path of a tool taken from a Debian package unpacked into .tools/PACKAGE, not
+# installed (so no server of that package is started on this machine): deb_tool PACKAGE PATH.
+deb_tool() {
+  local package=$1 path=$2 deb
+  if [ ! -x ".tools/$package$path" ]; then
+    echo "== fetching ${path##*/} from Debian's $package package" >&2
+    mkdir -p .tools/deb
+    if ! (cd .tools/deb && apt-get download "$package" >/dev/null 2>&1); then
+      as_root apt-get update -qq >&2
+      (cd .tools/deb && apt-get download "$package") >&2
+    fi
+    for deb in ".tools/deb/${package}"_*.deb; do :; done   # the last (newest) version
+    dpkg -x "$deb" ".tools/$package"
+  fi
+  echo "$PWD/.tools/$package$path"
+}
+
+# promtool: from Debian's prometheus package.
+KEYGATE_PROMTOOL=$(command -v promtool || deb_tool prometheus /usr/bin/promtool)
+"$KEYGATE_PROMTOOL" --version >/dev/null
+export KEYGATE_PROMTOOL
 
 # redis-server: Debian's package, for the tests of limits shared between replicas (each test
 # starts its own server on a free loopback port).
