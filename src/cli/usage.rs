@@ -220,46 +220,46 @@ fn advice(
             Format::Json => {
                 let _ = writeln!(out, "{}", json!({"since": since, "keys": rows}));
             }
-            Format::Csv => {
-                out.push_str("key_id,current_rpm,peak_rpm,suggested_rpm,current_tpm,peak_tpm,suggested_tpm\n");
-                for r in &rows {
-                    let _ = writeln!(
-                        out,
-                        "{},{},{},{},{},{},{}",
-                        r.key_id,
+            Format::Csv | Format::Table => {
+                let cells = |r: &crate::usage::report::Suggestion| {
+                    [
+                        r.key_id.clone(),
                         limit(r.current_requests_per_minute),
-                        r.peak_requests_per_minute,
-                        r.suggested_requests_per_minute,
+                        r.peak_requests_per_minute.to_string(),
+                        r.suggested_requests_per_minute.to_string(),
                         limit(r.current_tokens_per_minute),
-                        r.peak_tokens_per_minute,
-                        r.suggested_tokens_per_minute
-                    );
+                        r.peak_tokens_per_minute.to_string(),
+                        r.suggested_tokens_per_minute.to_string(),
+                    ]
+                };
+                if matches!(format, Format::Csv) {
+                    out.push_str("key_id,current_rpm,peak_rpm,suggested_rpm,current_tpm,peak_tpm,suggested_tpm\n");
+                    for r in &rows {
+                        let _ = writeln!(out, "{}", cells(r).join(","));
+                    }
+                    return Ok(out);
                 }
-            }
-            Format::Table => {
-                let _ = writeln!(
-                    out,
-                    "{:<24} {:>12} {:>10} {:>14} {:>12} {:>10} {:>14}",
+                const LAYOUT: [(usize, Align); 7] = [
+                    (24, Left),
+                    (12, Right),
+                    (10, Right),
+                    (14, Right),
+                    (12, Right),
+                    (10, Right),
+                    (14, Right),
+                ];
+                let header = [
                     "KEY",
                     "RPM NOW",
                     "PEAK RPM",
                     "SUGGESTED RPM",
                     "TPM NOW",
                     "PEAK TPM",
-                    "SUGGESTED TPM"
-                );
+                    "SUGGESTED TPM",
+                ];
+                table_line(&mut out, &header.map(String::from), &LAYOUT);
                 for r in &rows {
-                    let _ = writeln!(
-                        out,
-                        "{:<24} {:>12} {:>10} {:>14} {:>12} {:>10} {:>14}",
-                        r.key_id,
-                        limit(r.current_requests_per_minute),
-                        r.peak_requests_per_minute,
-                        r.suggested_requests_per_minute,
-                        limit(r.current_tokens_per_minute),
-                        r.peak_tokens_per_minute,
-                        r.suggested_tokens_per_minute
-                    );
+                    table_line(&mut out, &cells(r), &LAYOUT);
                 }
                 let _ = writeln!(
                     out,
@@ -290,42 +290,52 @@ fn advice(
                 .collect();
             let _ = writeln!(out, "{}", json!({"since": since, "models": models}));
         }
-        Format::Csv => {
-            out.push_str(
-                "key_id,model,requests,average_tokens,cost_usd,cheapest_model,saving_usd\n",
-            );
-            for u in &uses {
-                let _ = writeln!(
-                    out,
-                    "{},{},{},{},{},{},{}",
-                    u.key_id,
-                    u.model,
-                    u.requests,
-                    u.average_tokens,
+        Format::Csv | Format::Table => {
+            let cells = |u: &crate::usage::report::ModelUse| {
+                [
+                    u.key_id.clone(),
+                    u.model.clone(),
+                    u.requests.to_string(),
+                    u.average_tokens.to_string(),
                     usd(u.cost_micros),
-                    u.cheapest_model.as_deref().unwrap_or(""),
-                    usd(u.saving_micros)
+                    u.cheapest_model.clone().unwrap_or_default(),
+                    usd(u.saving_micros),
+                ]
+            };
+            if matches!(format, Format::Csv) {
+                out.push_str(
+                    "key_id,model,requests,average_tokens,cost_usd,cheapest_model,saving_usd\n",
                 );
+                for u in &uses {
+                    let _ = writeln!(out, "{}", cells(u).join(","));
+                }
+                return Ok(out);
             }
-        }
-        Format::Table => {
-            let _ = writeln!(
-                out,
-                "{:<24} {:<20} {:>9} {:>10} {:>14} {:<20} {:>14}",
-                "KEY", "MODEL", "REQUESTS", "AVG TOKENS", "COST USD", "CHEAPEST", "SAVING USD"
-            );
+            const LAYOUT: [(usize, Align); 7] = [
+                (24, Left),
+                (20, Left),
+                (9, Right),
+                (10, Right),
+                (14, Right),
+                (20, Left),
+                (14, Right),
+            ];
+            let header = [
+                "KEY",
+                "MODEL",
+                "REQUESTS",
+                "AVG TOKENS",
+                "COST USD",
+                "CHEAPEST",
+                "SAVING USD",
+            ];
+            table_line(&mut out, &header.map(String::from), &LAYOUT);
             for u in &uses {
-                let _ = writeln!(
-                    out,
-                    "{:<24} {:<20} {:>9} {:>10} {:>14} {:<20} {:>14}",
-                    u.key_id,
-                    u.model,
-                    u.requests,
-                    u.average_tokens,
-                    usd(u.cost_micros),
-                    u.cheapest_model.as_deref().unwrap_or("-"),
-                    usd(u.saving_micros)
-                );
+                let mut row = cells(u);
+                if row[5].is_empty() {
+                    row[5] = "-".into();
+                }
+                table_line(&mut out, &row, &LAYOUT);
             }
         }
     }
@@ -361,22 +371,38 @@ const TABLE_HEADER: [&str; 10] = [
     "EST",
 ];
 /// Column widths; the first three are left-aligned, the numbers right-aligned.
-const TABLE_WIDTHS: [usize; 10] = [20, 10, 18, 9, 7, 10, 10, 11, 12, 5];
+const TABLE_LAYOUT: [(usize, Align); 10] = [
+    (20, Left),
+    (10, Left),
+    (18, Left),
+    (9, Right),
+    (7, Right),
+    (10, Right),
+    (10, Right),
+    (11, Right),
+    (12, Right),
+    (5, Right),
+];
 
-fn table_line(out: &mut String, cells: [String; 10]) {
-    let line: Vec<String> = cells
-        .iter()
-        .zip(TABLE_WIDTHS)
-        .enumerate()
-        .map(|(i, (c, w))| {
-            if i < 3 {
-                format!("{c:<w$}")
-            } else {
-                format!("{c:>w$}")
-            }
-        })
-        .collect();
-    let _ = writeln!(out, "{}", line.join(" "));
+#[derive(Clone, Copy)]
+enum Align {
+    Left,
+    Right,
+}
+use Align::{Left, Right};
+
+/// One line of a report table: each cell padded to its width, separated by a space.
+fn table_line<const N: usize>(out: &mut String, cells: &[String; N], layout: &[(usize, Align); N]) {
+    for (i, (cell, (width, align))) in cells.iter().zip(layout).enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let _ = match align {
+            Left => write!(out, "{cell:<width$}"),
+            Right => write!(out, "{cell:>width$}"),
+        };
+    }
+    out.push('\n');
 }
 
 fn render(
@@ -421,13 +447,13 @@ fn render(
             let _ = writeln!(out, "{body:#}");
         }
         Format::Table => {
-            table_line(&mut out, TABLE_HEADER.map(String::from));
+            table_line(&mut out, &TABLE_HEADER.map(String::from), &TABLE_LAYOUT);
             for r in rows {
                 let mut row = cells(r);
                 if row[2].is_empty() {
                     row[2] = "-".into();
                 }
-                table_line(&mut out, row);
+                table_line(&mut out, &row, &TABLE_LAYOUT);
             }
             for (key, t) in totals {
                 let peak = t
