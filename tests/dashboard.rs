@@ -275,6 +275,13 @@ async fn the_dashboard_refuses_strangers_and_never_shows_secrets_or_markup() {
                 .starts_with("Basic ")
         );
         assert!(!a.text().contains("team-b"));
+        // It says how to sign in, not that the page does not exist.
+        assert!(
+            a.text().contains("Sign in with the admin token"),
+            "{}",
+            a.text()
+        );
+        assert!(!a.text().contains("not found"), "{}", a.text());
     }
     let q = page(gw, &format!("/dashboard?token={ADMIN_TOKEN}"), None).await;
     assert_eq!(q.status.as_u16(), 401);

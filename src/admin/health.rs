@@ -82,11 +82,18 @@ fn refresh_gauges(gw: &Gateway) {
 /// With limits shared on Redis, spend lives there: reads it for the keys this replica shows
 /// (bounded by the Redis timeout; keeps the last known figures when Redis does not answer).
 pub async fn refresh_shared_spend(gw: &Gateway) {
-    if let crate::limits::Limiter::Shared(shared) = &gw.metering.limits {
+    if let crate::limits::Limiter::Shared(_) = &gw.metering.limits {
         let rt = gw.runtime();
         let ids: Vec<std::sync::Arc<str>> = rt.config.keys.iter().map(|k| k.id.clone()).collect();
+        refresh_shared_spend_of(gw, &ids).await;
+    }
+}
+
+/// [`refresh_shared_spend`] for some keys only (a dashboard page about one key).
+pub async fn refresh_shared_spend_of(gw: &Gateway, ids: &[std::sync::Arc<str>]) {
+    if let crate::limits::Limiter::Shared(shared) = &gw.metering.limits {
         let month = calendar::month_index(gw.metering.clock.now_utc());
-        shared.refresh_spend(&ids, month).await;
+        shared.refresh_spend(ids, month).await;
     }
 }
 

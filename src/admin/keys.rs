@@ -269,7 +269,7 @@ async fn change_key<T: Send + 'static>(
 }
 
 /// Every key's last use, read from the ledger off the async threads.
-async fn last_used(gw: &Gateway) -> HashMap<String, String> {
+pub(crate) async fn last_used(gw: &Gateway) -> HashMap<String, String> {
     let path = gw.runtime().config.storage.path.clone();
     tokio::task::spawn_blocking(move || {
         Ledger::open_read_only(&path)

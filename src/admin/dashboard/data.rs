@@ -78,15 +78,9 @@ pub const MAX_KEY_ROWS: usize = 200;
 /// it is empty), most spend this month first, then most recently used.
 pub async fn overview(gw: &Gateway, query: &str) -> Overview {
     let rt = gw.runtime();
-    let path = rt.config.storage.path.clone();
-    let used = tokio::task::spawn_blocking(move || {
-        Ledger::open_read_only(&path)
-            .ok()
-            .and_then(|l| l.last_used_all().ok())
-            .unwrap_or_default()
-    })
-    .await
-    .unwrap_or_default();
+    // With several replicas, month-to-date spend is read from the shared store first.
+    crate::admin::health::refresh_shared_spend(gw).await;
+    let used = crate::admin::keys::last_used(gw).await;
     let needle = query.trim().to_lowercase();
     let month = calendar::month_index(gw.metering.clock.now_utc());
     let mut matching: Vec<(u64, Option<&String>, &KeyPolicy)> = rt
@@ -142,6 +136,7 @@ struct Recorded {
 pub async fn key(gw: &Gateway, id: &str) -> Option<KeyPage> {
     let rt = gw.runtime();
     let key = rt.config.keys.iter().find(|k| &*k.id == id)?.clone();
+    crate::admin::health::refresh_shared_spend_of(gw, std::slice::from_ref(&key.id)).await;
     let now = gw.metering.clock.now_utc();
     let from = since(now);
     let path = rt.config.storage.path.clone();

@@ -53,18 +53,14 @@ pub async fn handle(
                 "Sign in with the admin token as the password (any user name)."
             }
         };
-        let mut r = html(StatusCode::UNAUTHORIZED, pages::not_found(why));
+        let mut r = html(StatusCode::UNAUTHORIZED, pages::message("Sign in", why));
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"keygate\", charset=\"UTF-8\""),
         );
         return r;
     }
-    let path = req.uri().path();
-    if path.starts_with("/dashboard/keys/") || path.trim_end_matches('/') == "/dashboard" {
-        super::health::refresh_shared_spend(gw).await;
-    }
-    match path.trim_end_matches('/') {
+    match req.uri().path().trim_end_matches('/') {
         "/dashboard" => {
             let query = query_param(req.uri().query(), "q").unwrap_or_default();
             html(

@@ -175,11 +175,17 @@ pub fn events(events: &[EventRow]) -> String {
 
 /// The 404 page; `what` names the missing thing ("Key abc").
 pub fn not_found(what: &str) -> String {
+    message("Not found", &format!("{what} was not found."))
+}
+
+/// A page that only says something: a refusal, or what was not found.
+pub fn message(title: &str, text: &str) -> String {
     let body = format!(
-        r#"<h1>Not found</h1><p>{} was not found.</p><p><a href="/dashboard">Back to the key list</a></p>"#,
-        escape(what)
+        r#"<h1>{}</h1><p>{}</p><p><a href="/dashboard">Back to the key list</a></p>"#,
+        escape(title),
+        escape(text)
     );
-    page("Not found", &body)
+    page(title, &body)
 }
 
 /// A day's error rate in percent: errors × 100 / requests, 0 for a day without requests.
