@@ -169,6 +169,20 @@ impl Flow {
         }
     }
 
+    /// Reads a frame of the answer: the usage scanner sees it and, when keygate asked for usage
+    /// the client did not, the stripper takes that back out. Returns what the client gets.
+    fn observe(&mut self, data: Bytes) -> Bytes {
+        let scanner = &mut self.scanner;
+        match self.stripper.as_mut() {
+            // One pass: the stripper splits the lines and shows them to the scanner.
+            Some(s) => s.process(&data, &mut |line| scanner.line(line)),
+            None => {
+                scanner.feed(&data);
+                data
+            }
+        }
+    }
+
     /// Drives the connection and polls the answer for its next frame.
     fn poll_next(
         &mut self,
@@ -191,11 +205,16 @@ impl Flow {
             let next = std::future::poll_fn(|cx| self.poll_next(cx));
             match tokio::time::timeout(wait, next).await {
                 Ok(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.scanner.feed(data);
+                    // Through the stripper when there is one: it holds the start of the line
+                    // the client's part ended in, which may be the usage event.
+                    if let Ok(data) = frame.into_data() {
+                        self.observe(data);
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    self.finish_stripping(&mut Gathered::default());
+                    break;
+                }
                 Ok(Some(Err(_))) | Err(_) => {
                     tracing::warn!(target: "keygate::upstream", "could not read the rest of an answer after its client left; billing its reservation");
                     break;
@@ -266,15 +285,7 @@ impl Metered {
                         continue;
                     };
                     flow.last_frame = Instant::now();
-                    let scanner = &mut flow.scanner;
-                    out.push(match flow.stripper.as_mut() {
-                        // One pass: the stripper splits the lines and shows them to the scanner.
-                        Some(s) => s.process(&data, &mut |line| scanner.line(line)),
-                        None => {
-                            scanner.feed(&data);
-                            data
-                        }
-                    });
+                    out.push(flow.observe(data));
                     // With a Content-Length, hyper stops polling once that many bytes are out
                     // and drops the body: settle now, while this is known to be the whole answer.
                     if flow.inner.is_end_stream() {
