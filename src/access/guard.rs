@@ -65,9 +65,7 @@ impl BruteForceGuard {
 
     /// How much longer `ip` stays blocked, if it is.
     pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        if self.blocked.is_empty() {
-            return None;
-        }
+        // One shard's read lock (an `is_empty` check first would take every shard's).
         let until = *self.blocked.get(&bucket(ip))?;
         let now = self.clock.now_nanos();
         (until > now).then(|| Duration::from_nanos(until - now))

@@ -106,7 +106,7 @@ impl Rule {
     }
 }
 
-fn default_port(https: bool) -> u16 {
+pub(crate) fn default_port(https: bool) -> u16 {
     if https { 443 } else { 80 }
 }
 

@@ -165,14 +165,6 @@ impl Limiter {
         }
     }
 
-    /// Sets a key's settled spend for `month` (at start-up, from the ledger). A shared store
-    /// seeds Redis itself.
-    pub fn seed_spend(&self, key_id: &Arc<str>, month: u32, spent_micros: u64) {
-        if let Limiter::Memory(m) = self {
-            m.seed_spend(key_id, month, spent_micros);
-        }
-    }
-
     /// Whether the key has had a request through this process.
     pub fn touched(&self, key_id: &str) -> bool {
         match self {
@@ -212,14 +204,6 @@ impl Limiter {
                 .tokens_per_minute
                 .and(seen.tokens)
                 .or_else(|| full(limits.tokens_per_minute)),
-        }
-    }
-
-    /// Whether the store that holds the limits answers (always, in this process).
-    pub fn is_up(&self) -> bool {
-        match self {
-            Limiter::Memory(_) => true,
-            Limiter::Shared(s) => s.is_up(),
         }
     }
 }

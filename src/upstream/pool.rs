@@ -124,12 +124,4 @@ impl Pool {
             idle.push((conn, Instant::now()));
         }
     }
-
-    /// Idle connections now (for tests and diagnostics).
-    pub fn idle_count(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
 }

@@ -23,15 +23,12 @@ pub async fn reachable(upstream: &Upstream) -> Result<(), String> {
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let port =
-        upstream
-            .authority
-            .port_u16()
-            .unwrap_or(if upstream.scheme == http::uri::Scheme::HTTPS {
-                443
-            } else {
-                80
-            });
+    let port = upstream
+        .authority
+        .port_u16()
+        .unwrap_or(crate::access::referrer::default_port(
+            upstream.scheme == http::uri::Scheme::HTTPS,
+        ));
     match tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect((host, port))).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),

@@ -236,7 +236,7 @@ static TEXT_FIELDS: LazyLock<[memmem::Finder<'static>; 4]> = LazyLock::new(|| {
         memmem::Finder::new(b"\"refusal\":"),
     ]
 });
-static USAGE_FINDER: LazyLock<memmem::Finder<'static>> =
+pub(super) static USAGE_FINDER: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(USAGE_KEY));
 
 fn sse_line(line: &[u8], seen: &mut SseProgress<'_>) {

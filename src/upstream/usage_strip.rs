@@ -24,8 +24,6 @@ static NULL_USAGE: LazyLock<[memmem::Finder<'static>; 4]> = LazyLock::new(|| {
         memmem::Finder::new(b"\"usage\": null, "),
     ]
 });
-static USAGE: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
 
 #[derive(Default)]
 pub struct UsageStripper {
@@ -77,7 +75,7 @@ impl UsageStripper {
             out.extend_from_slice(line);
             return;
         };
-        if USAGE.find(data).is_none() {
+        if super::usage::USAGE_FINDER.find(data).is_none() {
             out.extend_from_slice(line);
             return;
         }
