@@ -281,22 +281,36 @@ pub(crate) async fn last_used(gw: &Gateway) -> HashMap<String, String> {
     .unwrap_or_default()
 }
 
-/// A key as the admin API shows it, with its last use from `last_used`.
-fn describe_with(gw: &Gateway, id: &str, last_used: &HashMap<String, String>) -> Option<Value> {
-    let rt = gw.runtime();
-    let key = rt.config.keys.iter().find(|k| &*k.id == id)?;
+/// A key as the admin API shows it, with its last use.
+fn describe_key(gw: &Gateway, key: &crate::config::KeyPolicy, last_used: Option<String>) -> Value {
     let metering = &gw.metering;
     let now = metering.clock.now_utc();
     let usage = KeyUse {
-        last_used: last_used.get(id).cloned(),
-        month_spend_micros: metering.limits.month_spend(id, calendar::month_index(now)),
-        windows: Some(metering.limits.windows(id, &key.limits)),
+        last_used,
+        month_spend_micros: metering
+            .limits
+            .month_spend(&key.id, calendar::month_index(now)),
+        windows: Some(metering.limits.windows(&key.id, &key.limits)),
     };
-    Some(keyinfo::describe(key, now, &usage))
+    keyinfo::describe(key, now, &usage)
 }
 
+/// One key as the admin API shows it, its last use read from the ledger (only that key's).
 async fn describe(gw: &Gateway, id: &str) -> Option<Value> {
-    describe_with(gw, id, &last_used(gw).await)
+    let rt = gw.runtime();
+    let key = rt.config.keys.iter().find(|k| &*k.id == id)?.clone();
+    let (path, owned) = (rt.config.storage.path.clone(), id.to_owned());
+    let last_used = tokio::task::spawn_blocking(move || {
+        Ledger::open_read_only(&path)
+            .ok()?
+            .last_used(&owned)
+            .ok()
+            .flatten()
+    })
+    .await
+    .ok()
+    .flatten();
+    Some(describe_key(gw, &key, last_used))
 }
 
 pub async fn handle(
@@ -314,12 +328,12 @@ pub async fn handle(
         match (method, segments) {
             (&Method::GET, ["keys"]) => {
                 let rt = gw.runtime();
-                let used = last_used(gw).await;
+                let mut used = last_used(gw).await;
                 let keys: Vec<Value> = rt
                     .config
                     .keys
                     .iter()
-                    .filter_map(|k| describe_with(gw, &k.id, &used))
+                    .map(|k| describe_key(gw, k, used.remove(&*k.id)))
                     .collect();
                 Ok((StatusCode::OK, json!({"keys": keys})))
             }
