@@ -685,19 +685,10 @@ fn default_reservations<'a>(config: &'a Config, k: &KeyPolicy) -> Vec<DefaultRes
     config
         .models
         .iter()
-        .filter(|m| k.scopes.contains(m.scope))
-        .filter(|m| {
-            k.models
-                .as_ref()
-                .is_none_or(|allowed| allowed.iter().any(|a| *a == m.name))
-        })
+        .filter(|m| k.may_use(m))
         .filter(|m| m.per_request_micros.is_none() || m.price.output > 0)
         .map(|m| {
-            let cap = k
-                .limits
-                .default_max_tokens
-                .or(m.default_max_tokens)
-                .map_or(estimate::DEFAULT_MAX_TOKENS, |n| u64::from(n.get()));
+            let cap = k.default_cap(m);
             let prompt = estimate::prompt_ceiling(SMALL_REQUEST_BYTES);
             DefaultReservation {
                 model: &m.name,

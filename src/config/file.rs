@@ -146,37 +146,10 @@ fn default_status() -> String {
     "active".to_owned()
 }
 
-/// Parses TOML text: the config and every unknown field by its TOML path, or every unknown
-/// field met before a value that does not parse, then that error (with its path and line).
-///
-/// A file of many keys is parsed key by key (see [`split`]): each `[[keys]]` table on its own,
-/// then the rest, so the transient parse tree is the size of one key, not of the whole file.
-/// Anything the split cannot take for certain, and every error, goes through the whole-file
-/// parse, so the result and the messages are the same either way.
-pub fn parse(text: &str) -> Result<(RawConfig, Vec<String>), Vec<String>> {
-    if let Some(parts) = split::split(text)
-        && let Some(parsed) = parse_split(text, &parts)
-    {
-        return Ok(parsed);
-    }
-    parse_whole(text)
-}
-
 /// One `[[keys]]` table parsed alone.
 #[derive(Deserialize)]
 struct OneKey {
     keys: Vec<RawKey>,
-}
-
-/// The split parse, or `None` when anything is not exactly as expected (the caller then
-/// parses the whole file, which also words any error).
-fn parse_split(text: &str, parts: &split::Parts) -> Option<(RawConfig, Vec<String>)> {
-    let (mut raw, mut unknown) = parse_rest(text, parts)?;
-    raw.keys.reserve_exact(parts.keys.len());
-    for (i, range) in parts.keys.iter().enumerate() {
-        raw.keys.push(parse_key(text, range, i, &mut unknown)?);
-    }
-    Some((raw, unknown))
 }
 
 /// Everything but the key tables, or `None` when that part holds keys of its own.
@@ -207,7 +180,12 @@ pub fn parse_key(
     Some(key)
 }
 
-fn parse_whole(text: &str) -> Result<(RawConfig, Vec<String>), Vec<String>> {
+/// Parses the whole TOML text: the config and every unknown field by its TOML path, or every
+/// unknown field met before a value that does not parse, then that error (with its path and
+/// line). `config::from_str` reads a file of many keys key by key first (see [`split`]) and
+/// comes here for anything the split cannot take for certain and for every error, so the
+/// result and the messages are the same either way.
+pub fn parse_whole(text: &str) -> Result<(RawConfig, Vec<String>), Vec<String>> {
     let de = toml::Deserializer::parse(text).map_err(|e| vec![described(text, "", &e)])?;
     let mut unknown = Vec::new();
     let mut note = |path: serde_ignored::Path<'_>| {

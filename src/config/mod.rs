@@ -329,6 +329,17 @@ pub struct KeyPolicy {
 }
 
 impl KeyPolicy {
+    /// The completion cap reserved (and written into the body) for a request to `model` that
+    /// sets none: the key's `default_max_tokens`, else the model's, else keygate's default.
+    pub fn default_cap(&self, model: &Model) -> u64 {
+        self.limits
+            .default_max_tokens
+            .or(model.default_max_tokens)
+            .map_or(crate::limits::estimate::DEFAULT_MAX_TOKENS, |n| {
+                u64::from(n.get())
+            })
+    }
+
     /// Whether this key may use `model`: its scope is granted and any model list names it.
     pub fn may_use(&self, model: &Model) -> bool {
         self.scopes.contains(model.scope)
@@ -382,7 +393,7 @@ pub fn from_str(text: &str, base: &Path) -> Result<Config, ConfigError> {
             return merged(validated, unknown);
         }
     }
-    let (raw, unknown) = file::parse(text).map_err(|problems| ConfigError { problems })?;
+    let (raw, unknown) = file::parse_whole(text).map_err(|problems| ConfigError { problems })?;
     merged(validate::validate(raw, base), unknown)
 }
 

@@ -120,11 +120,7 @@ impl Cap {
         };
         let enforced = fields.cap(field).value();
         let asked = enforced.or(fields.cap(other).value());
-        let default = key
-            .limits
-            .default_max_tokens
-            .or(model.default_max_tokens)
-            .map_or(estimate::DEFAULT_MAX_TOKENS, |n| u64::from(n.get()));
+        let default = key.default_cap(model);
         Self {
             field,
             value: asked.unwrap_or(default),
