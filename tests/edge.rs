@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http::Request;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -67,9 +67,43 @@ async fn an_early_refusal_keeps_the_connection_usable() {
     conn.write_all(head("POST", "/v1/chat/completions", &unknown, 1 << 20, "").as_bytes())
         .await
         .unwrap();
-    let (status, head, _) = read_response(&mut conn).await.expect("answered");
+    let (status, answer, _) = read_response(&mut conn).await.expect("answered");
     assert_eq!(status, 401);
-    assert!(head.contains("connection: close"), "{head}");
+    assert!(answer.contains("connection: close"), "{answer}");
+
+    // A small body that never comes, or trickles in too slowly: keygate waits up to a second
+    // for it, then answers with `Connection: close` rather than leave the socket in doubt.
+    for trickle in [false, true] {
+        let mut conn = TcpStream::connect(s.gw.addr).await.unwrap();
+        conn.write_all(head("POST", "/v1/chat/completions", &unknown, body.len(), "").as_bytes())
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let reading = async {
+            if trickle {
+                for _ in 0..8 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if conn.write_all(b" ").await.is_err() {
+                        break;
+                    }
+                }
+            }
+            read_response(&mut conn).await
+        };
+        let (status, head, _) = tokio::time::timeout(Duration::from_secs(10), reading)
+            .await
+            .expect("answered within the drain time")
+            .expect("answered");
+        assert_eq!(status, 401, "trickle {trickle}");
+        assert!(
+            head.contains("connection: close"),
+            "trickle {trickle}: {head}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "answered before the body had its second"
+        );
+    }
 }
 
 /// Item 2: one byte above 0x7f in `X-Forwarded-For` once made keygate take the trusted proxy's
@@ -244,7 +278,21 @@ async fn admission_happens_before_the_body_and_memory_stays_bounded() {
         }
     }
     assert_eq!((held.len(), refused), (2, 48));
+    // Hanging up frees the two slots at once, not when the body timeout (30 s) ends.
     drop(held);
+    let freed = tokio::time::Instant::now();
+    while chat_request(&gw.url("/v1/chat/completions"), &two)
+        .await
+        .status
+        != 200
+    {
+        assert!(
+            freed.elapsed() < Duration::from_secs(5),
+            "the aborted uploads' slots were not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let forwarded = mock.requests().len();
 
     // 40 bodies of 8 MiB at once on a key without limits: at most 64 MiB are ever buffered;
     // the others are told to come back (503).
@@ -274,24 +322,60 @@ async fn admission_happens_before_the_body_and_memory_stays_bounded() {
     for t in tasks {
         statuses.push(t.await.unwrap());
     }
+    // 0: the client was still sending when keygate refused early and closed.
     assert!(
         statuses.iter().all(|s| [200, 503, 0].contains(s)),
         "{statuses:?}"
     );
     assert!(statuses.contains(&503), "{statuses:?}");
+    // What was admitted reached the upstream whole; nothing else did.
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert!(admitted > 0, "{statuses:?}");
+    let upstream = mock.requests();
+    assert_eq!(upstream.len() - forwarded, admitted, "{statuses:?}");
+    assert!(
+        upstream[forwarded..]
+            .iter()
+            .all(|r| r.body.len() == big.len())
+    );
     // Six 8 MiB streamed bodies with stream_options, refused by the RPM after the first.
     let streamed = format!(
         "{{\"model\":\"deepseek-chat\",\"stream\":true,\"stream_options\":{{\"include_usage\":false}},\"max_tokens\":5,\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
         "b".repeat((8 << 20) - 1024)
     );
+    let forwarded = mock.requests().len();
+    let mut streamed_statuses = Vec::new();
     for _ in 0..6 {
         let req = Request::post(gw.url("/v1/chat/completions"))
             .header("authorization", slow.bearer())
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(streamed.clone())))
             .unwrap();
-        let _ = client().request(req).await;
+        let status = match client().request(req).await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let _ = r.into_body().collect().await;
+                status
+            }
+            Err(_) => 0,
+        };
+        streamed_statuses.push(status);
     }
+    // The first is forwarded with include_usage spliced in (true: keygate bills from it), the
+    // others are refused by the RPM (0: refused early, while the client was still sending).
+    assert_eq!(streamed_statuses[0], 200, "{streamed_statuses:?}");
+    assert!(
+        streamed_statuses[1..].iter().all(|s| [429, 0].contains(s)),
+        "{streamed_statuses:?}"
+    );
+    let upstream = mock.requests();
+    assert_eq!(upstream.len() - forwarded, 1);
+    let body = &upstream[forwarded].body;
+    assert!(body.len() > (8 << 20) - 2048);
+    assert!(
+        memchr::memmem::find(body, b"\"include_usage\":true").is_some(),
+        "include_usage was not spliced in"
+    );
     let peak = gw.memory_kb("VmHWM");
     eprintln!(
         "memory: start {} KiB, peak {} KiB, statuses {statuses:?}",
@@ -615,4 +699,56 @@ async fn reloads_follow_a_configmap_symlink_swap() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(chat_request(&url, &first).await.status, 200);
+}
+
+/// A body that stops arriving is cut at `server.body_read_timeout` with 408 and
+/// `Connection: close`, nothing reaches the upstream, and the key's concurrency slot is free
+/// again at once. Also a body that trickles in, a byte at a time, never resets the clock.
+#[tokio::test]
+async fn a_stalled_or_trickling_body_gets_408_and_frees_its_slot() {
+    let s = Setup::with_server(
+        &[(
+            "app",
+            "scopes = [\"chat\"]\nlimits = { max_concurrent_requests = 1 }",
+        )],
+        "body_read_timeout = \"500ms\"",
+    )
+    .await;
+    let secret = s.key("app").secret.clone();
+    let addr = s.gw.addr;
+    for trickle in [false, true] {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(head("POST", "/v1/chat/completions", &secret, 100, "").as_bytes())
+            .await
+            .unwrap();
+        conn.write_all(b"{\"model\":").await.unwrap();
+        let reading = async {
+            if trickle {
+                // A byte every 100 ms: 10 more bytes in a second, far short of 100.
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if conn.write_all(b" ").await.is_err() {
+                        break;
+                    }
+                }
+            }
+            read_response(&mut conn).await
+        };
+        let answered = tokio::time::timeout(Duration::from_secs(10), reading)
+            .await
+            .expect("no answer to a stalled body");
+        let (status, head, body) = answered.expect("the connection closed without an answer");
+        assert_eq!(status, 408, "trickle {trickle}: {head}");
+        assert!(head.contains("connection: close"), "{head}");
+        assert!(String::from_utf8_lossy(&body).contains("invalid_request"));
+        // The slot is free: an ordinary request on the same key is served.
+        assert_eq!(
+            chat_request(&s.gw.url("/v1/chat/completions"), s.key("app"))
+                .await
+                .status,
+            200
+        );
+    }
+    // Only the two ordinary requests reached the upstream.
+    assert_eq!(s.mock.requests().len(), 2);
 }

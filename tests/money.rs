@@ -361,6 +361,38 @@ async fn caps_and_counts_below_one_are_refused() {
     assert!(s.mock.requests().is_empty());
 }
 
+/// Counts and caps at the edge of the integer types: the reservation saturates, so each is
+/// refused (400 or 429), never admitted through an overflow, and the key is not left in debt.
+#[tokio::test]
+async fn huge_caps_and_counts_never_overflow_the_reservation() {
+    let s = budget_key("1", r#"["chat"]"#).await;
+    for (n, cap) in [
+        (json!(4_294_967_296u64), json!(4_294_967_296u64)),
+        (json!(1), json!(u64::MAX)),
+        (json!(u64::MAX), json!(u64::MAX)),
+        (json!(1), json!(1.8446744073709552e19)),
+        (json!(1e3), json!(5)),
+        (json!(u32::MAX), json!(u32::MAX)),
+    ] {
+        let mut body = chat("deepseek-chat");
+        body["n"] = n.clone();
+        body["max_tokens"] = cap.clone();
+        let a = send(req(&s, "app", "/v1/chat/completions", &body, &[])).await;
+        assert!(
+            [400, 429].contains(&a.status.as_u16()),
+            "n {n}, max_tokens {cap}: {} {}",
+            a.status,
+            a.text()
+        );
+    }
+    assert!(s.mock.requests().is_empty());
+    // Nothing was reserved for good: an ordinary request fits the budget.
+    let mut body = chat("deepseek-chat");
+    body["max_tokens"] = json!(5);
+    let a = send(req(&s, "app", "/v1/chat/completions", &body, &[])).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+}
+
 /// Images, audio and fine-tuning are priced per request (`per_request_usd`, per image); what
 /// keygate cannot price is refused for a budgeted key, and served unpriced for others.
 #[tokio::test]

@@ -72,7 +72,8 @@ async fn every_request_line_says_what_was_called_and_upstream_failures_are_upstr
     let metrics = get(&format!("http://{}/metrics", gw.admin), None)
         .await
         .text();
-    let requests = |endpoint: &str, status: &str| {
+    // Requests counted, summed over the series of an endpoint and status class.
+    let requests = |endpoint: &str, status: &str| -> f64 {
         metrics
             .lines()
             .filter(|l| l.starts_with("keygate_requests_total{"))
@@ -80,10 +81,12 @@ async fn every_request_line_says_what_was_called_and_upstream_failures_are_upstr
                 l.contains(&format!("endpoint=\"{endpoint}\""))
                     && l.contains(&format!("status=\"{status}\""))
             })
-            .count()
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
     };
-    assert_eq!(requests("/chat/completions", "4xx"), 1, "{metrics}");
-    assert_eq!(requests("unmatched", "4xx"), 1, "{metrics}");
+    assert_eq!(requests("/chat/completions", "4xx"), 1.0, "{metrics}");
+    assert_eq!(requests("unmatched", "4xx"), 1.0, "{metrics}");
+    assert_eq!(requests("/chat/completions", "5xx"), 1.0, "{metrics}");
     drop(mock);
 
     gw.signal("-TERM");
