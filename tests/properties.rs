@@ -30,11 +30,28 @@ proptest! {
     /// Key format: any string is either refused or is a well-formed key whose digest is the
     /// SHA-256 of exactly that string; nothing panics.
     #[test]
-    fn key_verification_accepts_only_well_formed_keys(s in ".{0,60}") {
+    /// The input is arbitrary text, or a real key cut short or with text added, so both
+    /// branches run.
+    fn key_verification_accepts_only_well_formed_keys(
+        s in prop_oneof![
+            ".{0,60}",
+            (0usize..=44, ".{0,4}").prop_map(|(cut, extra)| {
+                let key = ApiKey::generate();
+                format!("{}{extra}", &key.expose()[..cut])
+            }),
+        ]
+    ) {
         if let Ok(d) = key::verify(&s) {
             prop_assert_eq!(d, KeyDigest::of(&s));
             prop_assert!(s.starts_with("sk-kg-") && s.len() == key::KEY_LEN);
         }
+    }
+
+    /// A generated key is always accepted, and its digest is that of exactly its text.
+    #[test]
+    fn every_generated_key_verifies(_case in 0u8..8) {
+        let key = ApiKey::generate();
+        prop_assert_eq!(key::verify(key.expose()), Ok(KeyDigest::of(key.expose())));
     }
 
     /// Key format: changing any one character after the prefix of a real key is always caught
