@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{KEYGATE_BIN, promtool, run_keygate};
+use common::{KEYGATE_BIN, promtool, python, run_keygate};
 use serde_json::Value;
 
 fn root() -> &'static Path {
@@ -48,19 +48,6 @@ fn tool(var: &str, name: &str, local: Option<&str>) -> PathBuf {
                 .find(|p| p.is_file())
         })
         .unwrap_or_else(|| panic!("{name} is missing: {hint}"))
-}
-
-/// The venv's Python (PyYAML parses the YAML files here, as kubectl and compose would).
-fn python() -> PathBuf {
-    let path = std::env::var_os("KEYGATE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test.sh, which creates .venv",
-        path.display()
-    );
-    path
 }
 
 /// Runs a command; whether it succeeded, and its stdout and stderr together.

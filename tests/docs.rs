@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -573,18 +573,6 @@ fn without_config(args: &[String]) -> Vec<String> {
     let mut rest = args.to_vec();
     rest.drain(at..at + 2);
     rest
-}
-
-fn python() -> PathBuf {
-    let path = std::env::var_os("KEYGATE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test.sh, which creates .venv with the openai SDK",
-        path.display()
-    );
-    path
 }
 
 /// Replaces the one occurrence of `placeholder` in the snippet.

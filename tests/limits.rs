@@ -21,13 +21,7 @@ fn req(
     body: &serde_json::Value,
     headers: &[(&str, &str)],
 ) -> Request<Full<Bytes>> {
-    let mut b = Request::post(url)
-        .header("authorization", key.bearer())
-        .header("content-type", "application/json");
-    for (n, v) in headers {
-        b = b.header(*n, *v);
-    }
-    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+    post_req(url, Some(key), body, headers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

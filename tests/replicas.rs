@@ -110,13 +110,7 @@ fn chat_req(
     body: &Value,
     headers: &[(&str, &str)],
 ) -> Request<Full<Bytes>> {
-    let mut b = Request::post(url)
-        .header("authorization", key.bearer())
-        .header("content-type", "application/json");
-    for (n, v) in headers {
-        b = b.header(*n, *v);
-    }
-    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+    post_req(url, Some(key), body, headers)
 }
 
 /// Fires `n` requests at once, alternating between replicas, and returns their statuses.

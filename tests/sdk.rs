@@ -4,21 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
-
-fn python() -> PathBuf {
-    let path = std::env::var_os("KEYGATE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test.sh, which creates .venv with the openai SDK",
-        path.display()
-    );
-    path
-}
 
 #[tokio::test]
 async fn the_openai_python_sdk_works_against_keygate() {

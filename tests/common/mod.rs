@@ -318,11 +318,40 @@ pub async fn send(req: Request<Full<Bytes>>) -> Answer {
 
 /// POSTs JSON with the given key (or none).
 pub async fn post_json(url: &str, key: Option<&TestKey>, body: serde_json::Value) -> Answer {
+    send(post_req(url, key, &body, &[])).await
+}
+
+/// A JSON POST with the key (if any) as a bearer token and extra headers.
+pub fn post_req(
+    url: &str,
+    key: Option<&TestKey>,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> Request<Full<Bytes>> {
     let mut b = Request::post(url).header("content-type", "application/json");
     if let Some(k) = key {
         b = b.header("authorization", k.bearer());
     }
-    send(b.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+/// The Python of the `.venv` that scripts/test.sh creates (with the openai SDK and PyYAML), or
+/// `$KEYGATE_PYTHON`.
+pub fn python() -> std::path::PathBuf {
+    let path = std::env::var_os("KEYGATE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python"))
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test.sh, which creates .venv with the openai SDK",
+        path.display()
+    );
+    path
 }
 
 pub async fn get(url: &str, key: Option<&TestKey>) -> Answer {
