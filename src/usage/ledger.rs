@@ -259,36 +259,34 @@ impl Ledger {
                 "INSERT INTO minute_usage (key_id, minute, requests, tokens) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (key_id, minute) DO UPDATE SET
                     requests = min(requests + excluded.requests, 9223372036854775807),
-                    tokens = min(tokens + excluded.tokens, 9223372036854775807)",
+                    tokens = min(tokens + excluded.tokens, 9223372036854775807)
+                 RETURNING requests, tokens",
             )?;
-            let mut days: HashMap<(&str, u64), ()> = HashMap::new();
+            // The busiest of this batch's minutes per key and day, at their new totals. Counts
+            // only grow and every earlier total was folded into the day's peak when it was
+            // written, so that and the stored peak give the day's busiest minute without
+            // reading the day's other minutes again.
+            let mut days: HashMap<(&str, u64), (i64, i64)> = HashMap::new();
             for ((key_id, m), (requests, tokens)) in &minutes {
-                minute.execute(params![
-                    key_id,
-                    to_i64(*m),
-                    to_i64(*requests),
-                    to_i64(*tokens)
-                ])?;
-                days.insert((key_id, m / 1440), ());
+                let (requests, tokens): (i64, i64) = minute.query_row(
+                    params![key_id, to_i64(*m), to_i64(*requests), to_i64(*tokens)],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )?;
+                let busiest = days.entry((key_id, m / 1440)).or_default();
+                *busiest = (busiest.0.max(requests), busiest.1.max(tokens));
             }
             let mut peak = tx.prepare_cached(
                 "INSERT INTO peaks_daily (key_id, day, peak_requests, peak_tokens)
-                 SELECT ?1, ?2, max(requests), max(tokens) FROM minute_usage
-                 WHERE key_id = ?1 AND minute >= ?3 AND minute < ?4
+                 VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (key_id, day) DO UPDATE SET
                     peak_requests = max(peak_requests, excluded.peak_requests),
                     peak_tokens = max(peak_tokens, excluded.peak_tokens)",
             )?;
-            for (key_id, day_number) in days.keys() {
+            for ((key_id, day_number), (requests, tokens)) in &days {
                 let day = calendar::day(
                     SystemTime::UNIX_EPOCH + Duration::from_secs(day_number * 86_400),
                 );
-                peak.execute(params![
-                    key_id,
-                    day,
-                    to_i64(day_number * 1440),
-                    to_i64((day_number + 1) * 1440)
-                ])?;
+                peak.execute(params![key_id, day, requests, tokens])?;
             }
             let mut latency = tx.prepare_cached(
                 "INSERT INTO latency_daily (key_id, day, bucket, count) VALUES (?1, ?2, ?3, ?4)
@@ -483,6 +481,10 @@ mod tests {
             .collect();
         later.push(event("k", "2026-12-01T23:59:59Z", 1000, 2500));
         ledger.write(&later).unwrap();
+        // A quieter minute later on the 2nd leaves its peak where it was.
+        ledger
+            .write(&[event("k", "2026-12-02T09:00:00Z", 1, 400)])
+            .unwrap();
         let peaks = ledger.peaks(Some("k"), "2026-12-01").unwrap();
         assert_eq!(
             peaks
@@ -492,7 +494,7 @@ mod tests {
             vec![("2026-12-01", 4, 1300), ("2026-12-02", 5, 47)]
         );
         let latency = ledger.latency("k", "2026-12-01").unwrap();
-        assert_eq!(latency.iter().sum::<u64>(), 9);
+        assert_eq!(latency.iter().sum::<u64>(), 10);
         assert_eq!(percentile_ms(&latency, 0.5), Some(500));
         assert_eq!(percentile_ms(&latency, 0.95), Some(3_000));
     }
