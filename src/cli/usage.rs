@@ -72,44 +72,47 @@ impl Totals {
     }
 }
 
-/// The rows of every ledger given (else the config's `storage.path`) since `since`, with the
-/// rows of the same key, day and model summed: several replicas' ledgers read as one.
-pub fn read_ledgers(
-    config_path: &Path,
-    ledgers: &[PathBuf],
+/// What `read` finds in each ledger, one after the other.
+fn read_each<R>(
+    paths: &[PathBuf],
+    read: impl Fn(&Ledger) -> rusqlite::Result<Vec<R>>,
+) -> Result<Vec<R>, String> {
+    let mut all = Vec::new();
+    for path in paths {
+        let ledger = Ledger::open_read_only(path)?;
+        all.extend(
+            read(&ledger)
+                .map_err(|e| format!("cannot read the usage ledger {}: {e}", path.display()))?,
+        );
+    }
+    Ok(all)
+}
+
+/// The rows of every ledger in `paths` since `since`, with the rows of the same key, day and
+/// model summed: several replicas' ledgers read as one.
+fn read_ledgers(
+    paths: &[PathBuf],
     key: Option<&str>,
     since: &str,
 ) -> Result<Vec<DailyRow>, String> {
-    let paths = if ledgers.is_empty() {
-        let config = crate::config::load(config_path).map_err(|e| e.problems.join("\n"))?;
-        vec![config.storage.path]
-    } else {
-        ledgers.to_vec()
-    };
     let mut summed: BTreeMap<(String, String, String), DailyRow> = BTreeMap::new();
-    for path in &paths {
-        let ledger = Ledger::open_read_only(path)?;
-        let rows = ledger
-            .daily(key, since)
-            .map_err(|e| format!("cannot read the usage ledger {}: {e}", path.display()))?;
-        for r in rows {
-            let entry = summed
-                .entry((r.key_id.clone(), r.day.clone(), r.model.clone()))
-                .or_insert_with(|| DailyRow {
-                    key_id: r.key_id.clone(),
-                    day: r.day.clone(),
-                    model: r.model.clone(),
-                    ..DailyRow::default()
-                });
-            entry.requests += r.requests;
-            entry.errors += r.errors;
-            entry.prompt_tokens += r.prompt_tokens;
-            entry.cached_prompt_tokens += r.cached_prompt_tokens;
-            entry.completion_tokens += r.completion_tokens;
-            entry.cost_micros += r.cost_micros;
-            entry.estimated += r.estimated;
-            entry.latency_ms_sum += r.latency_ms_sum;
-        }
+    for r in read_each(paths, |l| l.daily(key, since))? {
+        let entry = summed
+            .entry((r.key_id.clone(), r.day.clone(), r.model.clone()))
+            .or_insert_with(|| DailyRow {
+                key_id: r.key_id.clone(),
+                day: r.day.clone(),
+                model: r.model.clone(),
+                ..DailyRow::default()
+            });
+        entry.requests += r.requests;
+        entry.errors += r.errors;
+        entry.prompt_tokens += r.prompt_tokens;
+        entry.cached_prompt_tokens += r.cached_prompt_tokens;
+        entry.completion_tokens += r.completion_tokens;
+        entry.cost_micros += r.cost_micros;
+        entry.estimated += r.estimated;
+        entry.latency_ms_sum += r.latency_ms_sum;
     }
     Ok(summed.into_values().collect())
 }
@@ -157,7 +160,16 @@ pub fn run(
             }
         };
     }
-    let rows = match read_ledgers(config_path, ledgers, key, &since) {
+    // The config is read only when no ledger is named (summing other replicas' ledgers
+    // needs none).
+    let paths = if ledgers.is_empty() {
+        crate::config::load(config_path)
+            .map(|config| vec![config.storage.path])
+            .map_err(|e| e.problems.join("\n"))
+    } else {
+        Ok(ledgers.to_vec())
+    };
+    let rows = match paths.and_then(|paths| read_ledgers(&paths, key, &since)) {
         Ok(rows) => rows,
         Err(e) => {
             eprintln!("error: {e}");
@@ -189,15 +201,7 @@ fn advice(
     };
     let mut out = String::new();
     if report == Report::SuggestLimits {
-        let mut peaks = Vec::new();
-        for path in &paths {
-            let ledger = Ledger::open_read_only(path)?;
-            peaks.extend(
-                ledger
-                    .peaks(key, since)
-                    .map_err(|e| format!("cannot read the usage ledger {}: {e}", path.display()))?,
-            );
-        }
+        let peaks = read_each(&paths, |l| l.peaks(key, since))?;
         // Several replicas' peaks of one minute add up (each saw part of that minute).
         let mut summed: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
         for p in peaks {
@@ -269,7 +273,7 @@ fn advice(
         }
         return Ok(out);
     }
-    let rows = read_ledgers(config_path, ledgers, key, since)?;
+    let rows = read_ledgers(&paths, key, since)?;
     let uses = crate::usage::report::by_model(&config, &rows);
     match format {
         Format::Json => {
