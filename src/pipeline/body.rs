@@ -94,15 +94,17 @@ pub struct Metered {
     flushed_before_break: bool,
 }
 
-/// The frames one poll could gather: the first kept as it came, later ones copied after it.
+/// Frames joined into one: the first kept as it came, later ones copied after it (so a body
+/// that arrives as one frame is never copied). Used for what one poll of an answer could
+/// gather, and for a request body.
 #[derive(Default)]
-struct Gathered {
+pub(super) struct Gathered {
     first: Option<Bytes>,
     more: Option<BytesMut>,
 }
 
 impl Gathered {
-    fn push(&mut self, data: Bytes) {
+    pub(super) fn push(&mut self, data: Bytes) {
         if data.is_empty() {
             return;
         }
@@ -118,7 +120,7 @@ impl Gathered {
         }
     }
 
-    fn take(&mut self) -> Option<Bytes> {
+    pub(super) fn take(&mut self) -> Option<Bytes> {
         match (self.first.take(), self.more.take()) {
             (_, Some(all)) => Some(all.freeze()),
             (first, None) => first,

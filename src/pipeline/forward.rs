@@ -61,9 +61,7 @@ pub async fn read_body(
             return Err(Refusal::BodyTooLarge);
         }
         let read = async {
-            // Most bodies arrive as one frame: keep it as it is; copy only when there are more.
-            let mut first: Option<Bytes> = None;
-            let mut rest: Option<BytesMut> = None;
+            let mut gathered = super::body::Gathered::default();
             let mut total = 0u64;
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|_| {
@@ -77,22 +75,9 @@ pub async fn read_body(
                     return Err(Refusal::BodyTooLarge);
                 }
                 hold(data.len())?;
-                match (&mut first, &mut rest) {
-                    (None, _) => first = Some(data),
-                    (Some(f), None) => {
-                        let mut all = BytesMut::with_capacity(f.len() + data.len());
-                        all.extend_from_slice(f);
-                        all.extend_from_slice(&data);
-                        rest = Some(all);
-                    }
-                    (Some(_), Some(all)) => all.extend_from_slice(&data),
-                }
+                gathered.push(data);
             }
-            Ok(match (rest, first) {
-                (Some(all), _) => all.freeze(),
-                (None, Some(f)) => f,
-                (None, None) => Bytes::new(),
-            })
+            Ok(gathered.take().unwrap_or_default())
         };
         tokio::time::timeout(limits.body_read_timeout, read)
             .await
