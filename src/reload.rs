@@ -80,8 +80,8 @@ type Job = Box<dyn FnOnce() + Send>;
 /// from an arena of its own, so doing every reload on one thread keeps a reload's garbage out
 /// of the arenas the request path allocates from (where it slowed every malloc down) and in one
 /// place, where it is reused by the next reload instead of piling up.
-fn reload_thread() -> Option<&'static std::sync::Mutex<std::sync::mpsc::Sender<Job>>> {
-    static THREAD: std::sync::OnceLock<Option<std::sync::Mutex<std::sync::mpsc::Sender<Job>>>> =
+fn reload_thread() -> Option<&'static std::sync::mpsc::Sender<Job>> {
+    static THREAD: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Job>>> =
         std::sync::OnceLock::new();
     THREAD
         .get_or_init(|| {
@@ -96,7 +96,7 @@ fn reload_thread() -> Option<&'static std::sync::Mutex<std::sync::mpsc::Sender<J
                     }
                 })
                 .ok()
-                .map(|_| std::sync::Mutex::new(tx))
+                .map(|_| tx)
         })
         .as_ref()
 }
@@ -124,8 +124,6 @@ pub(crate) async fn on_reload_thread<T: Send + 'static>(
     });
     let unsent = match reload_thread() {
         Some(sender) => sender
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .send(job)
             .err()
             .map(|std::sync::mpsc::SendError(job)| job),
