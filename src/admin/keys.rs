@@ -443,10 +443,7 @@ pub async fn handle(
                         format!("no key with id {id:?}"),
                     ));
                 }
-                let since = calendar::day(
-                    now.checked_sub(Duration::from_secs((days - 1) * 86_400))
-                        .unwrap_or(SystemTime::UNIX_EPOCH),
-                );
+                let since = calendar::days_before(now, days - 1);
                 let path = rt.config.storage.path.clone();
                 let owned = id.to_string();
                 let since2 = since.clone();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use clap::ValueEnum;
 use serde_json::json;
@@ -120,11 +120,7 @@ fn read_ledgers(
 /// The first day of a report over the last `days` days, today included.
 pub fn since(days: u32) -> String {
     let days = days.clamp(1, 36_500);
-    let back = Duration::from_secs(u64::from(days - 1) * 86_400);
-    let start = SystemTime::now()
-        .checked_sub(back)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    calendar::day(start.max(SystemTime::UNIX_EPOCH))
+    calendar::days_before(SystemTime::now(), u64::from(days - 1))
 }
 
 /// Which report `keygate usage` prints.

@@ -27,7 +27,26 @@ fn days(t: SystemTime) -> i64 {
 
 /// `YYYY-MM-DD` of a UTC instant.
 pub fn day(t: SystemTime) -> String {
-    let (y, m, d) = civil(days(t));
+    formatted(days(t))
+}
+
+/// `YYYY-MM-DD` of a count of days since 1970-01-01 (the ledger groups usage by it).
+pub fn day_of_number(n: u64) -> String {
+    formatted(i64::try_from(n).unwrap_or(i64::MAX / 2))
+}
+
+/// `YYYY-MM-DD` of the day `back` days before the day of `now` (1970-01-01 at the earliest):
+/// the first day of a report over the last `back + 1` days.
+pub fn days_before(now: SystemTime, back: u64) -> String {
+    formatted(
+        days(now)
+            .saturating_sub(i64::try_from(back).unwrap_or(i64::MAX))
+            .max(0),
+    )
+}
+
+fn formatted(days: i64) -> String {
+    let (y, m, d) = civil(days);
     format!("{y:04}-{m:02}-{d:02}")
 }
 
@@ -80,6 +99,18 @@ mod tests {
             month_start(month_index(leap)),
             humantime::parse_rfc3339("2028-02-01T00:00:00Z").unwrap()
         );
+    }
+
+    #[test]
+    fn days_before_counts_back_whole_days_and_stops_at_the_epoch() {
+        let t = humantime::parse_rfc3339("2026-12-02T00:00:01Z").unwrap();
+        assert_eq!(days_before(t, 0), day(t));
+        assert_eq!(days_before(t, 1), "2026-12-01");
+        assert_eq!(days_before(t, 29), "2026-11-03");
+        assert_eq!(days_before(t, 365), "2025-12-02");
+        assert_eq!(days_before(t, u64::MAX), "1970-01-01");
+        assert_eq!(day_of_number(0), "1970-01-01");
+        assert_eq!(day_of_number(20_424), "2025-12-02");
     }
 
     #[test]

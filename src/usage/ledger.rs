@@ -228,9 +228,7 @@ impl Ledger {
                     latency_ms_sum = min(latency_ms_sum + excluded.latency_ms_sum, 9223372036854775807)",
             )?;
             for ((key_id, day_number, model), g) in &groups {
-                let day = calendar::day(
-                    SystemTime::UNIX_EPOCH + Duration::from_secs(day_number * 86_400),
-                );
+                let day = calendar::day_of_number(*day_number);
                 add.execute(params![
                     key_id,
                     day,
@@ -283,9 +281,7 @@ impl Ledger {
                     peak_tokens = max(peak_tokens, excluded.peak_tokens)",
             )?;
             for ((key_id, day_number), (requests, tokens)) in &days {
-                let day = calendar::day(
-                    SystemTime::UNIX_EPOCH + Duration::from_secs(day_number * 86_400),
-                );
+                let day = calendar::day_of_number(*day_number);
                 peak.execute(params![key_id, day, requests, tokens])?;
             }
             let mut latency = tx.prepare_cached(
@@ -294,9 +290,7 @@ impl Ledger {
                     count = min(count + excluded.count, 9223372036854775807)",
             )?;
             for ((key_id, day_number, bucket), count) in &latencies {
-                let day = calendar::day(
-                    SystemTime::UNIX_EPOCH + Duration::from_secs(day_number * 86_400),
-                );
+                let day = calendar::day_of_number(*day_number);
                 latency.execute(params![key_id, day, bucket, to_i64(*count)])?;
             }
             // Minute counts are only needed until their day's peak is known.

@@ -3,7 +3,7 @@
 //! workers). Read-only: nothing here writes the config or the ledger.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::model::{
     Advice, Day, EventRow, KeyPage, KeyRow, ModelCost, Overview, Suggestion, Utilization,
@@ -61,14 +61,6 @@ fn key_row(gw: &Gateway, key: &KeyPolicy, last_used: Option<String>) -> KeyRow {
         budget_micros: key.limits.monthly_spend_micros,
         limits,
     }
-}
-
-/// The first day of the period.
-fn since(now: SystemTime) -> String {
-    calendar::day(
-        now.checked_sub(Duration::from_secs(u64::from(DAYS - 1) * 86_400))
-            .unwrap_or(SystemTime::UNIX_EPOCH),
-    )
 }
 
 /// Most rows the key list shows: a page of 100,000 rows would help nobody (search instead).
@@ -138,7 +130,7 @@ pub async fn key(gw: &Gateway, id: &str) -> Option<KeyPage> {
     let key = rt.config.keys.iter().find(|k| &*k.id == id)?.clone();
     crate::admin::health::refresh_shared_spend_of(gw, std::slice::from_ref(&key.id)).await;
     let now = gw.metering.clock.now_utc();
-    let from = since(now);
+    let from = calendar::days_before(now, u64::from(DAYS - 1));
     let path = rt.config.storage.path.clone();
     let (owned_id, owned_from) = (id.to_owned(), from.clone());
     let recorded = tokio::task::spawn_blocking(move || {
@@ -159,10 +151,7 @@ pub async fn key(gw: &Gateway, id: &str) -> Option<KeyPage> {
     let mut days: BTreeMap<String, Day> = (0..DAYS)
         .rev()
         .map(|back| {
-            let day = calendar::day(
-                now.checked_sub(Duration::from_secs(u64::from(back) * 86_400))
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-            );
+            let day = calendar::days_before(now, u64::from(back));
             (
                 day.clone(),
                 Day {
