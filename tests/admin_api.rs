@@ -39,11 +39,7 @@ async fn call(gw: &Gw, method: Method, path: &str, body: Option<Value>) -> Answe
 }
 
 fn secret(a: &Answer) -> TestKey {
-    let v = a.json();
-    TestKey {
-        id: v["id"].as_str().unwrap().to_owned(),
-        secret: v["key"].as_str().unwrap().to_owned(),
-    }
+    TestKey::from_created(&a.json())
 }
 
 async fn chat_status(gw: &Gw, key: &TestKey) -> u16 {

@@ -23,6 +23,13 @@ fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `keygate keys create <args> --json`, which must succeed: the key it printed.
+fn create(path: &Path, args: &[&str]) -> TestKey {
+    let o = keys(path, &[&["create"], args, &["--json"]].concat());
+    assert!(o.status.success(), "{}", err(&o));
+    TestKey::from_created(&serde_json::from_str(&out(&o)).unwrap())
+}
+
 fn config_file(dir: &Path, upstream: &str) -> std::path::PathBuf {
     let path = dir.join("keygate.toml");
     let text = format!(
@@ -153,10 +160,9 @@ fn bad_flags_are_refused_and_the_file_is_untouched() {
 fn list_show_update_rotate_and_delete() {
     let dir = tempfile::tempdir().unwrap();
     let path = config_file(dir.path(), "https://api.deepseek.com");
-    let o = keys(
+    let TestKey { id, secret } = create(
         &path,
         &[
-            "create",
             "--name",
             "app",
             "--env",
@@ -165,12 +171,8 @@ fn list_show_update_rotate_and_delete() {
             "chat",
             "--rpm",
             "10",
-            "--json",
         ],
     );
-    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
-    let id = v["id"].as_str().unwrap().to_owned();
-    let secret = v["key"].as_str().unwrap().to_owned();
 
     let table = out(&keys(&path, &["list"]));
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
@@ -224,10 +226,9 @@ fn list_show_update_rotate_and_delete() {
 fn diagnose_says_what_is_wrong_and_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let path = config_file(dir.path(), "https://api.deepseek.com");
-    let o = keys(
+    let TestKey { id, secret } = create(
         &path,
         &[
-            "create",
             "--name",
             "app",
             "--env",
@@ -238,13 +239,7 @@ fn diagnose_says_what_is_wrong_and_what_to_do() {
             "203.0.113.0/24",
             "--monthly-budget",
             "5",
-            "--json",
         ],
-    );
-    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
-    let (id, secret) = (
-        v["id"].as_str().unwrap().to_owned(),
-        v["key"].as_str().unwrap().to_owned(),
     );
 
     let o = keys(&path, &["diagnose", &secret]);
@@ -289,24 +284,10 @@ async fn a_running_gateway_follows_cli_changes() {
     let dir = tempfile::tempdir().unwrap();
     let path = config_file(dir.path(), &mock.url());
     let gw = Binary::serve(&path, &[("KG_UPSTREAM", UPSTREAM_KEY)]).await;
-    let o = keys(
+    let key = create(
         &path,
-        &[
-            "create",
-            "--name",
-            "app",
-            "--env",
-            "production",
-            "--scopes",
-            "chat",
-            "--json",
-        ],
+        &["--name", "app", "--env", "production", "--scopes", "chat"],
     );
-    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
-    let key = TestKey {
-        id: v["id"].as_str().unwrap().to_owned(),
-        secret: v["key"].as_str().unwrap().to_owned(),
-    };
     let url = gw.url("/v1/chat/completions");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while chat_request(&url, &key).await.status != 200 {
@@ -343,10 +324,9 @@ async fn settings_can_be_removed_from_the_command_line() {
     let mock = mock_upstream::MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = config_file(dir.path(), &mock.url());
-    let o = keys(
+    let key = create(
         &path,
         &[
-            "create",
             "--name",
             "app",
             "--env",
@@ -363,15 +343,8 @@ async fn settings_can_be_removed_from_the_command_line() {
             "https://example.com/*",
             "--expires",
             "30d",
-            "--json",
         ],
     );
-    assert!(o.status.success(), "{}", err(&o));
-    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
-    let key = TestKey {
-        id: v["id"].as_str().unwrap().to_owned(),
-        secret: v["key"].as_str().unwrap().to_owned(),
-    };
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("default_max_tokens = 64"), "{text}");
 
@@ -443,10 +416,9 @@ fn removing_a_limit_names_the_environment_default_that_remains() {
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str("\n[environments.production]\nlimits = { requests_per_minute = 600 }\n");
     std::fs::write(&path, text).unwrap();
-    let o = keys(
+    let created = create(
         &path,
         &[
-            "create",
             "--name",
             "app",
             "--env",
@@ -455,12 +427,9 @@ fn removing_a_limit_names_the_environment_default_that_remains() {
             "chat",
             "--rpm",
             "5",
-            "--json",
         ],
     );
-    assert!(o.status.success(), "{}", err(&o));
-    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
-    let id = v["id"].as_str().unwrap();
+    let id = created.id.as_str();
     let o = keys(&path, &["update", id, "--rpm", "none"]);
     assert!(o.status.success(), "{}", err(&o));
     assert!(
@@ -508,10 +477,9 @@ async fn show_and_diagnose_say_what_they_cannot_see_and_what_will_be_refused() {
     std::fs::write(&path, text).unwrap();
     // The issue's key: $0.004 to spend, nothing spent, and a request without max_tokens on
     // deepseek-chat reserves 4096 output tokens at $1.10 per million (about $0.0045).
-    let o = keys(
+    let TestKey { id, secret } = create(
         &path,
         &[
-            "create",
             "--name",
             "tiny",
             "--env",
@@ -524,14 +492,7 @@ async fn show_and_diagnose_say_what_they_cannot_see_and_what_will_be_refused() {
             "10",
             "--monthly-budget",
             "0.004",
-            "--json",
         ],
-    );
-    assert!(o.status.success(), "{}", err(&o));
-    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
-    let (id, secret) = (
-        v["id"].as_str().unwrap().to_owned(),
-        v["key"].as_str().unwrap().to_owned(),
     );
 
     let o = keys(&path, &["diagnose", &secret]);

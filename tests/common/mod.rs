@@ -61,6 +61,14 @@ pub struct TestKey {
 }
 
 impl TestKey {
+    /// The key in what `keys create --json` or `POST /admin/keys` printed.
+    pub fn from_created(v: &serde_json::Value) -> Self {
+        Self {
+            id: v["id"].as_str().expect("an id").to_owned(),
+            secret: v["key"].as_str().expect("a key").to_owned(),
+        }
+    }
+
     pub fn new(id: &str) -> (Self, String) {
         let key = ApiKey::generate();
         let hash = key.digest().to_string();
