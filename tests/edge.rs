@@ -752,3 +752,91 @@ async fn a_stalled_or_trickling_body_gets_408_and_frees_its_slot() {
     // Only the two ordinary requests reached the upstream.
     assert_eq!(s.mock.requests().len(), 2);
 }
+
+/// The same stalled reader on a key with a budget: once cut, its stream is read to its end and
+/// billed the usage the upstream reports (what the provider charges), not an estimate, and
+/// the upstream's stream is not cancelled.
+#[tokio::test]
+async fn a_budgeted_stream_whose_client_stops_reading_is_billed_its_real_usage() {
+    let s = Setup::with_server(
+        &[(
+            "app",
+            "scopes = [\"chat\"]\nlimits = { monthly_spend_usd = 1 }",
+        )],
+        "client_write_timeout = \"1s\"",
+    )
+    .await;
+    let body = json!({"model": "deepseek-chat", "stream": true, "max_tokens": 100000, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(s.gw.addr).await.unwrap();
+    let req = head(
+        "POST",
+        "/v1/chat/completions",
+        &s.key("app").secret,
+        body.len(),
+        "x-mock-chunks: 100000\r\n",
+    );
+    conn.write_all(format!("{req}{body}").as_bytes())
+        .await
+        .unwrap();
+    // Never read.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = s.gw.ledger().daily(Some("app"), "2000-01-01").unwrap();
+        if !rows.is_empty() {
+            break rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled client's request was never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let generated = s.mock.generated();
+    assert_eq!(generated.len(), 1);
+    assert_eq!(s.mock.cancelled_streams(), 0);
+    assert_eq!((rows[0].requests, rows[0].estimated), (1, 0));
+    assert_eq!(rows[0].completion_tokens, generated[0].completion_tokens);
+    assert_eq!(rows[0].completion_tokens, 100_000);
+    drop(conn);
+}
+
+/// `server.max_connections`: past it, a new connection waits in the listen queue (served
+/// nothing) until one of the open ones closes; then it is served.
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let s = Setup::with_server(&[("app", "scopes = [\"chat\"]")], "max_connections = 2").await;
+    let body = chat("deepseek-chat").to_string();
+    // Two connections that send half a request head and stall.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = TcpStream::connect(s.gw.addr).await.unwrap();
+        conn.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(s.gw.addr).await.unwrap();
+    let req = head(
+        "POST",
+        "/v1/chat/completions",
+        &s.key("app").secret,
+        body.len(),
+        "",
+    );
+    third
+        .write_all(format!("{req}{body}").as_bytes())
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(500), read_response(&mut third)).await;
+    assert!(waited.is_err(), "served past the cap: {waited:?}");
+    assert!(s.mock.requests().is_empty());
+    drop(held.pop());
+    let (status, _, _) = tokio::time::timeout(Duration::from_secs(5), read_response(&mut third))
+        .await
+        .expect("served once a connection closed")
+        .expect("answered");
+    assert_eq!(status, 200);
+}
