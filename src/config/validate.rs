@@ -135,16 +135,7 @@ pub fn validate_keys(
             }
         };
         let default_max_tokens = match m.default_max_tokens {
-            Some(v) => match u32::try_from(v).ok().and_then(NonZeroU32::new) {
-                Some(n) => Some(Some(n)),
-                None => {
-                    p.add(
-                        format!("{path}.default_max_tokens"),
-                        format!("{v} must be between 1 and {}", u32::MAX),
-                    );
-                    None
-                }
-            },
+            Some(v) => positive_u32(&mut p, &format!("{path}.default_max_tokens"), v).map(Some),
             None => Some(None),
         };
         let per_request = match m.per_request_usd {
@@ -443,16 +434,17 @@ fn cluster(raw: &RawCluster, p: &mut Problems) -> Cluster {
     if redis_url_env.trim().is_empty() {
         p.add("cluster.redis_url_env", "must name an environment variable");
     }
-    let replicas_hint = match raw.replicas_hint {
-        None => NonZeroU32::MIN,
-        Some(n) => match u32::try_from(n).ok().and_then(NonZeroU32::new) {
-            Some(n) if n.get() <= 10_000 => n,
-            _ => {
-                p.add("cluster.replicas_hint", format!("{n} is outside 1..=10000"));
-                NonZeroU32::MIN
-            }
-        },
-    };
+    let replicas_hint = u32::try_from(bounded(
+        p,
+        "cluster.replicas_hint",
+        raw.replicas_hint,
+        1,
+        1,
+        10_000,
+    ))
+    .ok()
+    .and_then(NonZeroU32::new)
+    .unwrap_or(NonZeroU32::MIN);
     let on_redis_down = match raw.on_redis_down.as_deref() {
         None | Some("local") => OnRedisDown::Local,
         Some("deny") => OnRedisDown::Deny,
@@ -693,18 +685,9 @@ fn key(
 fn limits(path: &str, own: &RawLimits, env: &RawLimits, p: &mut Problems) -> Option<Limits> {
     let mut ok = true;
     let mut count = |field: &str, v: Option<u64>| -> Option<NonZeroU32> {
-        let v = v?;
-        match u32::try_from(v).ok().and_then(NonZeroU32::new) {
-            Some(n) => Some(n),
-            None => {
-                p.add(
-                    format!("{path}.{field}"),
-                    format!("{v} must be between 1 and {}", u32::MAX),
-                );
-                ok = false;
-                None
-            }
-        }
+        let n = positive_u32(p, &format!("{path}.{field}"), v?);
+        ok &= n.is_some();
+        n
     };
     let requests_per_minute = count(
         "requests_per_minute",
@@ -804,6 +787,15 @@ fn duration(p: &mut Problems, path: &str, raw: &Option<String>, default: Duratio
             default
         }
     }
+}
+
+/// A count from 1 to `u32::MAX`, else the problem named at `path`.
+fn positive_u32(p: &mut Problems, path: &str, v: u64) -> Option<NonZeroU32> {
+    let n = u32::try_from(v).ok().and_then(NonZeroU32::new);
+    if n.is_none() {
+        p.add(path, format!("{v} must be between 1 and {}", u32::MAX));
+    }
+    n
 }
 
 fn bounded(
