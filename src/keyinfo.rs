@@ -20,7 +20,7 @@ pub fn status(key: &KeyPolicy, now: SystemTime) -> &'static str {
     }
 }
 
-fn time(t: SystemTime) -> String {
+pub(crate) fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 

@@ -3,7 +3,6 @@
 //! workers). Read-only: nothing here writes the config or the ledger.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
 
 use super::model::{
     Advice, Day, EventRow, KeyPage, KeyRow, ModelCost, Overview, Suggestion, Utilization,
@@ -18,13 +17,9 @@ use crate::usage::{calendar, report};
 /// Days the key page covers, today included.
 pub const DAYS: u32 = 30;
 
-fn time(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 fn event_row(e: &Entry) -> EventRow {
     EventRow {
-        time: humantime::format_rfc3339_seconds(e.last).to_string(),
+        time: keyinfo::time(e.last),
         kind: e.event.kind.label(),
         reason: e.event.reason,
         key_id: e.event.key_id.as_deref().map(str::to_owned),
@@ -55,7 +50,7 @@ fn key_row(gw: &Gateway, key: &KeyPolicy, last_used: Option<String>) -> KeyRow {
         id: key.id.to_string(),
         name: key.name.clone(),
         status: keyinfo::status(key, now),
-        created: time(key.created).chars().take(10).collect(),
+        created: calendar::day(key.created),
         last_used,
         spend_micros: metering.limits.month_spend(&key.id, month),
         budget_micros: key.limits.monthly_spend_micros,
@@ -98,7 +93,7 @@ pub async fn overview(gw: &Gateway, query: &str) -> Overview {
     });
     matching.truncate(MAX_KEY_ROWS);
     Overview {
-        generated: time(gw.metering.clock.now_utc()),
+        generated: keyinfo::time(gw.metering.clock.now_utc()),
         keys: matching
             .into_iter()
             .map(|(_, last, k)| key_row(gw, k, last.cloned()))
