@@ -7,10 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 
 fn check(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -242,26 +240,17 @@ fn keys_generate_prints_a_valid_key_and_its_hash() {
 #[tokio::test]
 async fn serve_drains_in_flight_streams_on_sigterm_and_exits_zero() {
     let mock = MockUpstream::start().await.unwrap();
-    let (key, hash) = TestKey::new("app");
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keygate.toml");
-    let text = config_text(
-        &mock.url(),
-        "shutdown_grace = \"20s\"",
-        &key_toml("app", &hash, "scopes = [\"chat\"]"),
-    )
-    .replace("KEYGATE_TEST_UNUSED", "KG_TEST_UPSTREAM_KEY");
-    std::fs::write(&path, text).unwrap();
+    let (path, key) = app_config(dir.path(), &mock.url(), "shutdown_grace = \"20s\"");
     let gw = Binary::serve(&path, &[("KG_TEST_UPSTREAM_KEY", UPSTREAM_KEY)]).await;
 
     let body = serde_json::json!({"model": "deepseek-chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
-    let req = Request::post(gw.url("/v1/chat/completions"))
-        .header("authorization", key.bearer())
-        .header("content-type", "application/json")
-        .header("x-mock-chunks", "10")
-        .header("x-mock-chunk-delay-ms", "100")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+    let req = post_req(
+        &gw.url("/v1/chat/completions"),
+        Some(&key),
+        &body,
+        &[("x-mock-chunks", "10"), ("x-mock-chunk-delay-ms", "100")],
+    );
     let resp = client().request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut stream = resp.into_body();

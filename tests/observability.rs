@@ -15,19 +15,6 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use mock_upstream::MockUpstream;
 
-fn config(
-    dir: &std::path::Path,
-    upstream: &str,
-    server_extra: &str,
-    keys: &str,
-) -> std::path::PathBuf {
-    let path = dir.join("keygate.toml");
-    let text = config_text(upstream, server_extra, keys)
-        .replace("KEYGATE_TEST_UNUSED", "KG_TEST_UPSTREAM_KEY");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// The request log lines (target keygate::request) of a finished gateway's stderr.
 fn request_lines(logs: &str) -> Vec<&str> {
     logs.lines()
@@ -38,14 +25,8 @@ fn request_lines(logs: &str) -> Vec<&str> {
 #[tokio::test]
 async fn every_request_line_says_what_was_called_and_upstream_failures_are_upstream_errors() {
     let mock = MockUpstream::start().await.unwrap();
-    let (key, hash) = TestKey::new("app");
     let dir = tempfile::tempdir().unwrap();
-    let path = config(
-        dir.path(),
-        &mock.url(),
-        "",
-        &key_toml("app", &hash, "scopes = [\"chat\"]"),
-    );
+    let (path, key) = app_config(dir.path(), &mock.url(), "");
     let gw = Binary::serve(&path, &[("KG_TEST_UPSTREAM_KEY", UPSTREAM_KEY)]).await;
 
     // A bad key on a real route, and a good key on a route that does not exist, with a
@@ -69,9 +50,7 @@ async fn every_request_line_says_what_was_called_and_upstream_failures_are_upstr
         .unwrap();
     assert_eq!(send(req).await.status, 502);
 
-    let metrics = get(&format!("http://{}/metrics", gw.admin), None)
-        .await
-        .text();
+    let metrics = get(&gw.admin_url("/metrics"), None).await.text();
     // Requests counted, summed over the series of an endpoint and status class.
     let requests = |endpoint: &str, status: &str| -> f64 {
         metrics
@@ -144,14 +123,8 @@ async fn an_unreachable_upstream_is_an_upstream_error() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let (key, hash) = TestKey::new("app");
     let dir = tempfile::tempdir().unwrap();
-    let path = config(
-        dir.path(),
-        &url,
-        "",
-        &key_toml("app", &hash, "scopes = [\"chat\"]"),
-    );
+    let (path, key) = app_config(dir.path(), &url, "");
     let gw = Binary::serve(&path, &[("KG_TEST_UPSTREAM_KEY", UPSTREAM_KEY)]).await;
     let a = chat_request(&gw.url("/v1/chat/completions"), &key).await;
     assert_eq!(a.status, 502, "{}", a.text());
@@ -174,24 +147,17 @@ async fn an_unreachable_upstream_is_an_upstream_error() {
 #[tokio::test]
 async fn a_stream_cut_when_the_shutdown_grace_ends_is_logged_as_cut_and_billed() {
     let mock = MockUpstream::start().await.unwrap();
-    let (key, hash) = TestKey::new("app");
     let dir = tempfile::tempdir().unwrap();
-    let path = config(
-        dir.path(),
-        &mock.url(),
-        "shutdown_grace = \"1s\"",
-        &key_toml("app", &hash, "scopes = [\"chat\"]"),
-    );
+    let (path, key) = app_config(dir.path(), &mock.url(), "shutdown_grace = \"1s\"");
     let gw = Binary::serve(&path, &[("KG_TEST_UPSTREAM_KEY", UPSTREAM_KEY)]).await;
     let body = serde_json::json!({"model": "deepseek-chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     // 100 chunks 100 ms apart: ten seconds, far past the one-second grace.
-    let req = Request::post(gw.url("/v1/chat/completions"))
-        .header("authorization", key.bearer())
-        .header("content-type", "application/json")
-        .header("x-mock-chunks", "100")
-        .header("x-mock-chunk-delay-ms", "100")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+    let req = post_req(
+        &gw.url("/v1/chat/completions"),
+        Some(&key),
+        &body,
+        &[("x-mock-chunks", "100"), ("x-mock-chunk-delay-ms", "100")],
+    );
     let resp = client().request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut stream = resp.into_body();
@@ -225,9 +191,7 @@ async fn a_stream_cut_when_the_shutdown_grace_ends_is_logged_as_cut_and_billed()
 }
 
 async fn upstream_up(gw: &Binary) -> Option<f64> {
-    let text = get(&format!("http://{}/metrics", gw.admin), None)
-        .await
-        .text();
+    let text = get(&gw.admin_url("/metrics"), None).await.text();
     sample(&text, "keygate_upstream_up")
 }
 
@@ -255,14 +219,8 @@ async fn upstream_up_is_checked_in_the_background() {
         .local_addr()
         .unwrap()
         .port();
-    let (_, hash) = TestKey::new("app");
     let dir = tempfile::tempdir().unwrap();
-    let path = config(
-        dir.path(),
-        &format!("http://127.0.0.1:{port}"),
-        "",
-        &key_toml("app", &hash, "scopes = [\"chat\"]"),
-    );
+    let (path, _) = app_config(dir.path(), &format!("http://127.0.0.1:{port}"), "");
     let text = std::fs::read_to_string(&path).unwrap().replace(
         "idle_timeout = \"3s\"",
         "idle_timeout = \"3s\"\nprobe_interval = \"100ms\"",
@@ -298,22 +256,14 @@ async fn upstream_up_is_checked_in_the_background() {
 #[tokio::test]
 async fn a_missing_upstream_key_is_reported_as_down() {
     let mock = MockUpstream::start().await.unwrap();
-    let (_, hash) = TestKey::new("app");
     let dir = tempfile::tempdir().unwrap();
-    let path = config(
-        dir.path(),
-        &mock.url(),
-        "",
-        &key_toml("app", &hash, "scopes = [\"chat\"]"),
-    );
+    let (path, _) = app_config(dir.path(), &mock.url(), "");
     let gw = Binary::serve(&path, &[]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let text = get(&format!("http://{}/metrics", gw.admin), None)
-        .await
-        .text();
+    let text = get(&gw.admin_url("/metrics"), None).await.text();
     assert_eq!(sample(&text, "keygate_upstream_up"), Some(0.0), "{text}");
     assert_eq!(sample(&text, "keygate_upstream_key_configured"), Some(0.0));
-    let ready = get(&format!("http://{}/readyz", gw.admin), None).await;
+    let ready = get(&gw.admin_url("/readyz"), None).await;
     assert_eq!(ready.status, 503);
     assert_eq!(ready.json()["checks"]["upstream"]["status"], "fail");
 }

@@ -459,6 +459,25 @@ pub struct Binary {
     pub logs: tokio::task::JoinHandle<String>,
 }
 
+/// A config file in `dir` for the binary: [`config_text`] with one key, `app` (scope chat), and
+/// the upstream key read from `KG_TEST_UPSTREAM_KEY`. Its path and the key.
+pub fn app_config(
+    dir: &std::path::Path,
+    upstream: &str,
+    server_extra: &str,
+) -> (std::path::PathBuf, TestKey) {
+    let (key, hash) = TestKey::new("app");
+    let path = dir.join("keygate.toml");
+    let text = config_text(
+        upstream,
+        server_extra,
+        &key_toml("app", &hash, "scopes = [\"chat\"]"),
+    )
+    .replace("KEYGATE_TEST_UNUSED", "KG_TEST_UPSTREAM_KEY");
+    std::fs::write(&path, text).unwrap();
+    (path, key)
+}
+
 impl Binary {
     pub async fn serve(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
         use tokio::io::AsyncBufReadExt;
