@@ -551,15 +551,9 @@ async fn other_charsets_and_query_strings_on_model_routes_are_refused() {
     );
 }
 
-/// Item 6: a client that stops reading a stream is cut after `client_write_timeout`, which
-/// frees the upstream connection and bills the stream as aborted.
-#[tokio::test]
-async fn a_client_that_stops_reading_is_cut_and_billed() {
-    let s = Setup::with_server(
-        &[("app", "scopes = [\"chat\"]")],
-        "client_write_timeout = \"1s\"",
-    )
-    .await;
+/// A stream of 100,000 chunks asked for with key `app` on a socket with a small receive
+/// buffer, which the test then never reads.
+async fn stream_never_read(s: &Setup) -> TcpStream {
     let body = json!({"model": "deepseek-chat", "stream": true, "max_tokens": 100000, "messages": [{"role": "user", "content": "hi"}]}).to_string();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -574,6 +568,35 @@ async fn a_client_that_stops_reading_is_cut_and_billed() {
     conn.write_all(format!("{req}{body}").as_bytes())
         .await
         .unwrap();
+    conn
+}
+
+/// Key `app`'s ledger rows once there are any (within `limit`).
+async fn settled_rows(s: &Setup, limit: Duration) -> Vec<keygate::usage::ledger::DailyRow> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let rows = s.gw.ledger().daily(Some("app"), "2000-01-01").unwrap();
+        if !rows.is_empty() {
+            return rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request was never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Item 6: a client that stops reading a stream is cut after `client_write_timeout`, which
+/// frees the upstream connection and bills the stream as aborted.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_and_billed() {
+    let s = Setup::with_server(
+        &[("app", "scopes = [\"chat\"]")],
+        "client_write_timeout = \"1s\"",
+    )
+    .await;
+    let conn = stream_never_read(&s).await;
     // Never read. The gateway gives up on this client, and the upstream stream is cancelled.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while s.mock.cancelled_streams() == 0 {
@@ -583,15 +606,7 @@ async fn a_client_that_stops_reading_is_cut_and_billed() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let rows = loop {
-        let rows = s.gw.ledger().daily(Some("app"), "2000-01-01").unwrap();
-        if !rows.is_empty() {
-            break rows;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let rows = settled_rows(&s, Duration::from_secs(10)).await;
     assert_eq!((rows[0].requests, rows[0].estimated), (1, 1));
     assert!(rows[0].completion_tokens > 0);
     drop(conn);
@@ -766,33 +781,8 @@ async fn a_budgeted_stream_whose_client_stops_reading_is_billed_its_real_usage()
         "client_write_timeout = \"1s\"",
     )
     .await;
-    let body = json!({"model": "deepseek-chat", "stream": true, "max_tokens": 100000, "messages": [{"role": "user", "content": "hi"}]}).to_string();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut conn = socket.connect(s.gw.addr).await.unwrap();
-    let req = head(
-        "POST",
-        "/v1/chat/completions",
-        &s.key("app").secret,
-        body.len(),
-        "x-mock-chunks: 100000\r\n",
-    );
-    conn.write_all(format!("{req}{body}").as_bytes())
-        .await
-        .unwrap();
-    // Never read.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let rows = loop {
-        let rows = s.gw.ledger().daily(Some("app"), "2000-01-01").unwrap();
-        if !rows.is_empty() {
-            break rows;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stalled client's request was never settled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let conn = stream_never_read(&s).await;
+    let rows = settled_rows(&s, Duration::from_secs(30)).await;
     let generated = s.mock.generated();
     assert_eq!(generated.len(), 1);
     assert_eq!(s.mock.cancelled_streams(), 0);
