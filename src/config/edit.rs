@@ -233,22 +233,22 @@ fn apply_whole<T>(
 }
 
 /// A change made to one key's table.
-type TableEdit<'a, T> = Box<dyn FnOnce(&mut Table) -> Result<T, EditError> + 'a>;
+type TableEdit<'a> = Box<dyn FnOnce(&mut Table) -> Result<(), EditError> + 'a>;
 
 /// A change to one key, made on that key's table alone when the file can be split into key
 /// tables ([`super::split`]): the table is parsed, changed and validated (with the rest of
 /// the config, and its id and hash against every other key's), and the file is rewritten in
 /// one pass with the other bytes as they were. Otherwise the whole document is edited.
-enum KeyChange<'a, T> {
+enum KeyChange<'a> {
     /// Change the key with this id.
-    Edit(&'a str, TableEdit<'a, T>),
+    Edit(&'a str, TableEdit<'a>),
     /// Add this key.
-    Add(Box<Table>, T),
+    Add(Box<Table>),
     /// Remove the key with this id.
-    Remove(&'a str, T),
+    Remove(&'a str),
 }
 
-fn apply_key<T>(path: &Path, change: KeyChange<'_, T>) -> Result<T, EditError> {
+fn apply_key(path: &Path, change: KeyChange<'_>) -> Result<(), EditError> {
     let path = &real_path(path)?;
     let _lock = FileLock::acquire(path)?;
     let text = read(path)?;
@@ -257,15 +257,14 @@ fn apply_key<T>(path: &Path, change: KeyChange<'_, T>) -> Result<T, EditError> {
         return apply_whole(path, &text, |doc| whole(doc, change));
     };
     match change {
-        KeyChange::Remove(id, result) => {
+        KeyChange::Remove(id) => {
             let i = index.position(id)?;
             let range = index.parts.keys[i].clone();
             let (before, after) = (&text[..range.start], &text[range.end..]);
             // Removing a table cannot make the others invalid; the rest is checked anyway.
             check_rest(path, &text, &index)?;
             write_atomically(path, &[before.as_bytes(), after.as_bytes()])
-                .map_err(|e| io_error(path, e))?;
-            Ok(result)
+                .map_err(|e| io_error(path, e))
         }
         KeyChange::Edit(id, f) => {
             let i = index.position(id)?;
@@ -281,7 +280,7 @@ fn apply_key<T>(path: &Path, change: KeyChange<'_, T>) -> Result<T, EditError> {
             else {
                 return apply_whole(path, &text, |doc| whole(doc, KeyChange::Edit(id, f)));
             };
-            let result = f(table)?;
+            f(table)?;
             let new = doc.to_string();
             index.check(path, &text, &new, i, Some(i))?;
             write_atomically(
@@ -292,10 +291,9 @@ fn apply_key<T>(path: &Path, change: KeyChange<'_, T>) -> Result<T, EditError> {
                     &text.as_bytes()[range.end..],
                 ],
             )
-            .map_err(|e| io_error(path, e))?;
-            Ok(result)
+            .map_err(|e| io_error(path, e))
         }
-        KeyChange::Add(table, result) => {
+        KeyChange::Add(table) => {
             let mut doc = DocumentMut::new();
             let mut keys = toml_edit::ArrayOfTables::new();
             keys.push(*table);
@@ -317,28 +315,27 @@ fn apply_key<T>(path: &Path, change: KeyChange<'_, T>) -> Result<T, EditError> {
             if !text[at..].is_empty() && !new.ends_with("\n\n") {
                 pieces.insert(2, b"\n");
             }
-            write_atomically(path, &pieces).map_err(|e| io_error(path, e))?;
-            Ok(result)
+            write_atomically(path, &pieces).map_err(|e| io_error(path, e))
         }
     }
 }
 
 /// A [`KeyChange`] on the whole document.
-fn whole<T>(doc: &mut DocumentMut, change: KeyChange<'_, T>) -> Result<T, EditError> {
+fn whole(doc: &mut DocumentMut, change: KeyChange<'_>) -> Result<(), EditError> {
     match change {
         KeyChange::Edit(id, f) => f(find(doc, id)?),
-        KeyChange::Add(table, result) => {
+        KeyChange::Add(table) => {
             keys_mut(doc)?.push(*table);
-            Ok(result)
+            Ok(())
         }
-        KeyChange::Remove(id, result) => {
+        KeyChange::Remove(id) => {
             let keys = keys_mut(doc)?;
             let index = keys
                 .iter()
                 .position(|t| t.get("id").and_then(|v| v.as_str()) == Some(id))
                 .ok_or_else(|| EditError::NotFound(id.to_owned()))?;
             keys.remove(index);
-            Ok(result)
+            Ok(())
         }
     }
 }
@@ -681,7 +678,7 @@ pub fn create(path: &Path, spec: &NewKey, now: SystemTime) -> Result<(String, Ap
         set_fields(&mut t, &fields)?;
         t
     };
-    apply_key(path, KeyChange::Add(Box::new(table), ()))?;
+    apply_key(path, KeyChange::Add(Box::new(table)))?;
     Ok((id, key))
 }
 
@@ -706,7 +703,7 @@ pub fn set_active(path: &Path, id: &str, active: bool) -> Result<(), EditError> 
 }
 
 pub fn delete(path: &Path, id: &str) -> Result<(), EditError> {
-    apply_key(path, KeyChange::Remove(id, ()))
+    apply_key(path, KeyChange::Remove(id))
 }
 
 /// Gives the key a new secret; the old one stays valid until now + `grace`. Same id, so
