@@ -4,9 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{
-    Advice, Day, EventRow, KeyPage, KeyRow, ModelCost, Overview, Suggestion, Utilization,
-};
+use super::model::{Day, EventRow, KeyPage, KeyRow, ModelCost, Overview, Utilization};
 use crate::config::KeyPolicy;
 use crate::events::Entry;
 use crate::keyinfo;
@@ -177,26 +175,8 @@ pub async fn key(gw: &Gateway, id: &str) -> Option<KeyPage> {
     }
     let suggestion = report::suggestions(&rt.config, &recorded.peaks, Some(id))
         .into_iter()
-        .next()
-        .map(|s| Suggestion {
-            peak_requests_per_minute: s.peak_requests_per_minute,
-            peak_tokens_per_minute: s.peak_tokens_per_minute,
-            current_rpm: s.current_requests_per_minute,
-            current_tpm: s.current_tokens_per_minute,
-            suggested_rpm: s.suggested_requests_per_minute,
-            suggested_tpm: s.suggested_tokens_per_minute,
-        });
-    let advice = report::by_model(&rt.config, &recorded.rows)
-        .into_iter()
-        .map(|u| Advice {
-            model: u.model,
-            requests: u.requests,
-            avg_tokens: u.average_tokens,
-            cost_micros: u.cost_micros,
-            cheapest_model: u.cheapest_model,
-            saving_micros: u.saving_micros,
-        })
-        .collect();
+        .next();
+    let advice = report::by_model(&rt.config, &recorded.rows);
     let events = gw
         .metering
         .events

@@ -63,9 +63,10 @@ pub struct KeyPage {
     pub latency_p95_ms: Option<f64>,
     /// This key's recent security events, newest first.
     pub events: Vec<EventRow>,
-    /// `None` when the period has no traffic to base a suggestion on.
-    pub suggestion: Option<Suggestion>,
-    pub advice: Vec<Advice>,
+    /// Limits suggested from the period's busiest minutes (as `keygate usage --suggest-limits`).
+    pub suggestion: Option<crate::usage::report::Suggestion>,
+    /// Cost per model and the saving at the cheapest model (as `keygate usage --by-model`).
+    pub advice: Vec<crate::usage::report::ModelUse>,
 }
 
 /// One day of one key's traffic.
@@ -101,32 +102,4 @@ pub struct EventRow {
     pub key_id: Option<String>,
     pub client_ip: Option<String>,
     pub count: u64,
-}
-
-/// Suggested per-minute limits from the busiest minute seen in the period:
-/// `max(peak × 1.2, 100)` requests and `max(peak × 1.2, 10000)` tokens.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Suggestion {
-    pub peak_requests_per_minute: u64,
-    pub peak_tokens_per_minute: u64,
-    /// The configured limits, `None` when unlimited.
-    pub current_rpm: Option<u64>,
-    pub current_tpm: Option<u64>,
-    pub suggested_rpm: u64,
-    pub suggested_tpm: u64,
-}
-
-/// What one model costs a key, and what the same tokens would cost at the cheapest configured
-/// model of the same scope.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Advice {
-    pub model: String,
-    pub requests: u64,
-    /// Average tokens per request.
-    pub avg_tokens: u64,
-    pub cost_micros: u64,
-    /// `None` when no other priced model is in the key's scope.
-    pub cheapest_model: Option<String>,
-    /// Zero when `model` is already the cheapest.
-    pub saving_micros: u64,
 }

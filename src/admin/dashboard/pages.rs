@@ -11,12 +11,11 @@
 //! The key page's charts plot, per day: requests, tokens, cost in USD (`micros / 1e6`) and the
 //! error rate in percent ([`error_rate`]); tests compare the charts' `data-value`s with those.
 
-use super::model::{
-    Advice, Day, EventRow, KeyPage, KeyRow, ModelCost, Overview, Suggestion, Utilization,
-};
+use super::model::{Day, EventRow, KeyPage, KeyRow, ModelCost, Overview, Utilization};
 use super::svg::{self, escape};
 
 /// The stylesheet every page inlines: readable down to a 375 px wide phone. On a narrow screen
+use crate::usage::report;
 /// each table row becomes a card of labelled cells (the labels come from `data-th`); wider
 /// tables scroll inside their own box instead of widening the page.
 pub const STYLE: &str = r":root{color-scheme:light;--muted:#6b7280;--line:#e5e7eb}
@@ -405,7 +404,7 @@ fn by_model(models: &[ModelCost]) -> String {
     table("by-model", &["Model", "Requests", "Tokens", "Cost"], &rows)
 }
 
-fn suggestion(s: Option<&Suggestion>) -> String {
+fn suggestion(s: Option<&report::Suggestion>) -> String {
     let Some(s) = s else {
         return r#"<p class="muted">No traffic in this period to base a suggestion on.</p>"#
             .to_owned();
@@ -413,11 +412,11 @@ fn suggestion(s: Option<&Suggestion>) -> String {
     format!(
         r#"<ul class="suggest"><li>peak {peak_rpm} requests/min → suggest <strong>{rpm}</strong> (now {current_rpm})</li><li>peak {peak_tpm} tokens/min → suggest <strong>{tpm}</strong> (now {current_tpm})</li></ul><p class="muted small">max(peak × 1.2, 100) requests and max(peak × 1.2, 10,000) tokens per minute. The dashboard never changes the config.</p>"#,
         peak_rpm = grouped(s.peak_requests_per_minute),
-        rpm = grouped(s.suggested_rpm),
-        current_rpm = current(s.current_rpm),
+        rpm = grouped(s.suggested_requests_per_minute),
+        current_rpm = current(s.current_requests_per_minute),
         peak_tpm = grouped(s.peak_tokens_per_minute),
-        tpm = grouped(s.suggested_tpm),
-        current_tpm = current(s.current_tpm),
+        tpm = grouped(s.suggested_tokens_per_minute),
+        current_tpm = current(s.current_tokens_per_minute),
     )
 }
 
@@ -425,7 +424,7 @@ fn current(limit: Option<u64>) -> String {
     limit.map_or_else(|| "unlimited".to_owned(), grouped)
 }
 
-fn advice(advice: &[Advice]) -> String {
+fn advice(advice: &[report::ModelUse]) -> String {
     if advice.is_empty() {
         return r#"<p class="muted">No requests in this period.</p>"#.to_owned();
     }
@@ -435,7 +434,7 @@ fn advice(advice: &[Advice]) -> String {
             vec![
                 Cell::wrap(escape(&a.model)),
                 Cell::num(grouped(a.requests)),
-                Cell::num(grouped(a.avg_tokens)),
+                Cell::num(grouped(a.average_tokens)),
                 Cell::num(usd(a.cost_micros)),
                 Cell::wrap(a.cheapest_model.as_deref().map_or_else(dash, escape)),
                 Cell::num(if a.saving_micros == 0 {
@@ -549,18 +548,20 @@ mod tests {
             latency_p50_ms: Some(120.25),
             latency_p95_ms: None,
             events: vec![event(Some("k1"))],
-            suggestion: Some(Suggestion {
+            suggestion: Some(report::Suggestion {
+                key_id: "k1".to_owned(),
                 peak_requests_per_minute: 50,
                 peak_tokens_per_minute: 20_000,
-                current_rpm: Some(60),
-                current_tpm: None,
-                suggested_rpm: 100,
-                suggested_tpm: 24_000,
+                current_requests_per_minute: Some(60),
+                current_tokens_per_minute: None,
+                suggested_requests_per_minute: 100,
+                suggested_tokens_per_minute: 24_000,
             }),
-            advice: vec![Advice {
+            advice: vec![report::ModelUse {
+                key_id: "k1".to_owned(),
                 model: "gpt-4o".to_owned(),
                 requests: 10,
-                avg_tokens: 2000,
+                average_tokens: 2000,
                 cost_micros: 50_000,
                 cheapest_model: Some("gpt-4o-mini".to_owned()),
                 saving_micros: 47_000,
