@@ -272,7 +272,9 @@ pub fn init_tracing(format: LogFormat) -> Option<crate::logging::FlushGuard> {
         .with_ansi(ansi)
         .with_writer(writer);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder
+            .event_format(crate::logging::text::Text::default())
+            .init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard

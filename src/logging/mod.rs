@@ -4,6 +4,8 @@
 //! a request: past [`MAX_BUFFERED`] bytes, lines are dropped and counted, and the count is
 //! written out when there is room again. The returned guard writes what is left at exit.
 
+pub mod text;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
