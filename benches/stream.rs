@@ -74,9 +74,10 @@ fn sse(c: &mut Criterion) {
             let mut scanner = UsageScanner::for_content_type(Some(b"text/event-stream"));
             let mut stripper = UsageStripper::default();
             let mut scan = |line: &[u8]| scanner.line(line);
-            let out = stripper.process(black_box(&whole), &mut scan);
-            let rest = stripper.finish(&mut scan);
-            (out.len() + rest.len(), scanner.finish().unwrap())
+            let mut out = bytes::BytesMut::new();
+            stripper.process(black_box(&whole), &mut scan, &mut out);
+            stripper.finish(&mut scan, &mut out);
+            (out.len(), scanner.finish().unwrap())
         })
     });
     g.bench_function("strip_and_scan_per_event", |b| {
@@ -84,12 +85,13 @@ fn sse(c: &mut Criterion) {
             let mut scanner = UsageScanner::for_content_type(Some(b"text/event-stream"));
             let mut stripper = UsageStripper::default();
             let mut scan = |line: &[u8]| scanner.line(line);
-            let mut sent = 0;
+            // Each event is its own frame; what one poll gathers goes out as one write.
+            let mut out = bytes::BytesMut::new();
             for e in &events {
-                sent += stripper.process(black_box(e), &mut scan).len();
+                stripper.process(black_box(e), &mut scan, &mut out);
             }
-            sent += stripper.finish(&mut scan).len();
-            (sent, scanner.finish().unwrap())
+            stripper.finish(&mut scan, &mut out);
+            (out.len(), scanner.finish().unwrap())
         })
     });
     g.finish();

@@ -249,14 +249,14 @@ fn scan(pieces: &[&[u8]]) -> (Option<keygate::upstream::Usage>, u64, Vec<u8>) {
     // The stripper feeding the scanner in one pass, as for one that did not.
     let mut both = UsageScanner::for_content_type(Some(b"text/event-stream"));
     let mut stripper = UsageStripper::default();
-    let mut out = Vec::new();
+    let mut out = bytes::BytesMut::new();
     for p in pieces {
-        out.extend_from_slice(&stripper.process(p, &mut |line| both.line(line)));
+        stripper.process(p, &mut |line| both.line(line), &mut out);
     }
-    out.extend_from_slice(&stripper.finish(&mut |line| both.line(line)));
+    stripper.finish(&mut |line| both.line(line), &mut out);
     assert_eq!(both.finish(), usage);
     assert_eq!(both.streamed_tokens(), scanner.streamed_tokens());
-    (usage, scanner.streamed_tokens(), out)
+    (usage, scanner.streamed_tokens(), out.to_vec())
 }
 
 fn sse_stream() -> impl Strategy<Value = String> {

@@ -108,21 +108,31 @@ impl Gathered {
         if data.is_empty() {
             return;
         }
-        match (&self.first, &mut self.more) {
-            (None, _) => self.first = Some(data),
-            (Some(first), None) => {
-                let mut all = BytesMut::with_capacity(first.len() + data.len());
-                all.extend_from_slice(first);
-                all.extend_from_slice(&data);
-                self.more = Some(all);
-            }
-            (Some(_), Some(all)) => all.extend_from_slice(&data),
+        if self.first.is_none() && self.more.is_none() {
+            self.first = Some(data);
+        } else {
+            self.buffer(data.len()).extend_from_slice(&data);
         }
     }
 
+    /// The buffer later frames are copied into, holding what was gathered so far, with room
+    /// for `extra` more bytes. (`first` and `more` are never both set.)
+    fn buffer(&mut self, extra: usize) -> &mut BytesMut {
+        let first = self.first.take();
+        let all = self.more.get_or_insert_with(|| {
+            let held = first.as_ref().map_or(0, Bytes::len);
+            let mut all = BytesMut::with_capacity(held + extra);
+            all.extend_from_slice(first.as_deref().unwrap_or_default());
+            all
+        });
+        all.reserve(extra);
+        all
+    }
+
+    /// What was gathered, if anything.
     pub(super) fn take(&mut self) -> Option<Bytes> {
         match (self.first.take(), self.more.take()) {
-            (_, Some(all)) => Some(all.freeze()),
+            (_, Some(all)) => (!all.is_empty()).then(|| all.freeze()),
             (first, None) => first,
         }
     }
@@ -162,25 +172,27 @@ impl Flow {
     /// Passes on what the stripper still holds once the answer has ended.
     fn finish_stripping(&mut self, out: &mut Gathered) {
         let scanner = &mut self.scanner;
-        if let Some(rest) = self
-            .stripper
-            .as_mut()
-            .map(|s| s.finish(&mut |line| scanner.line(line)))
-        {
-            out.push(rest);
+        if let Some(s) = self.stripper.as_mut() {
+            s.finish(&mut |line| scanner.line(line), out.buffer(0));
         }
     }
 
     /// Reads a frame of the answer: the usage scanner sees it and, when keygate asked for usage
-    /// the client did not, the stripper takes that back out. Returns what the client gets.
-    fn observe(&mut self, data: Bytes) -> Bytes {
+    /// the client did not, the stripper takes that back out. What the client gets is added to
+    /// `out`.
+    fn observe(&mut self, data: Bytes, out: &mut Gathered) {
         let scanner = &mut self.scanner;
         match self.stripper.as_mut() {
-            // One pass: the stripper splits the lines and shows them to the scanner.
-            Some(s) => s.process(&data, &mut |line| scanner.line(line)),
+            // One pass: the stripper splits the lines, shows them to the scanner and copies
+            // what passes straight into the gathered bytes.
+            Some(s) => s.process(
+                &data,
+                &mut |line| scanner.line(line),
+                out.buffer(data.len()),
+            ),
             None => {
                 scanner.feed(&data);
-                data
+                out.push(data);
             }
         }
     }
@@ -210,7 +222,7 @@ impl Flow {
                     // Through the stripper when there is one: it holds the start of the line
                     // the client's part ended in, which may be the usage event.
                     if let Ok(data) = frame.into_data() {
-                        self.observe(data);
+                        self.observe(data, &mut Gathered::default());
                     }
                 }
                 Ok(None) => {
@@ -287,7 +299,7 @@ impl Metered {
                         continue;
                     };
                     flow.last_frame = Instant::now();
-                    out.push(flow.observe(data));
+                    flow.observe(data, &mut out);
                     // With a Content-Length, hyper stops polling once that many bytes are out
                     // and drops the body: settle now, while this is known to be the whole answer.
                     if flow.inner.is_end_stream() {
