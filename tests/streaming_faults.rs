@@ -95,6 +95,26 @@ async fn an_upstream_that_stalls_mid_stream_is_cut_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_slow_stream_that_never_pauses_past_the_idle_timeout_is_not_cut() {
+    // idle_timeout is 3 s: each pause is 0.7 s, the whole answer takes longer than 3 s. The
+    // idle clock restarts with every event, not once per answer.
+    let s = Setup::new(&[("app", "scopes = [\"chat\"]")]).await;
+    let started = std::time::Instant::now();
+    let (status, text, end) = read_stream(stream_req(
+        &s,
+        &[("x-mock-chunks", "4"), ("x-mock-chunk-delay-ms", "700")],
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(end, Ok(()), "{text}");
+    assert!(started.elapsed() > Duration::from_secs(3));
+    for n in 0..4 {
+        assert!(text.contains(&format!("\"w{n} \"")), "{text}");
+    }
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}
+
+#[tokio::test]
 async fn a_client_that_disconnects_cancels_the_upstream_request() {
     let s = Setup::new(&[("app", "scopes = [\"chat\"]")]).await;
     let resp = client()

@@ -278,6 +278,8 @@ impl Metered {
     /// at once.
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut out = Gathered::default();
+        // Frames read in this poll arrived together: the clock is read once for them.
+        let mut fresh = false;
         loop {
             let Some(flow) = self.flow.as_mut() else {
                 // Gathered bytes first; a break-off, if any, once they are flushed.
@@ -298,7 +300,7 @@ impl Metered {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    flow.last_frame = Instant::now();
+                    fresh = true;
                     flow.observe(data, &mut out);
                     // With a Content-Length, hyper stops polling once that many bytes are out
                     // and drops the body: settle now, while this is known to be the whole answer.
@@ -317,6 +319,9 @@ impl Metered {
                     self.settle(Outcome::Completed);
                 }
                 Poll::Pending => {
+                    if fresh {
+                        flow.last_frame = Instant::now();
+                    }
                     if let Some(data) = out.take() {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
