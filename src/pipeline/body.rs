@@ -191,7 +191,7 @@ impl Flow {
                 out.buffer(data.len()),
             ),
             None => {
-                scanner.feed(&data);
+                scanner.feed_frame(&data);
                 out.push(data);
             }
         }

@@ -14,6 +14,7 @@ use crate::config::KeyPolicy;
 use crate::error::{LimitKind, Refusal};
 use crate::limits::{Admission, AdmitRequest, Entry, LimitRefusal, RateHeaders, Window};
 use crate::state::Metering;
+use crate::upstream::headers::value_written;
 use crate::usage::{calendar, cost};
 
 /// Before the body is read: a concurrency slot and one request from the key's
@@ -109,7 +110,8 @@ static NAMES: [[HeaderName; 3]; 2] = [
     ],
 ];
 
-/// Sets OpenAI's `x-ratelimit-*` headers for the limits the key has.
+/// Sets OpenAI's `x-ratelimit-*` headers for the limits the key has. Each value is written on
+/// the stack and copied once into its header (these are six of a plain request's allocations).
 pub fn set_rate_headers(headers: &mut HeaderMap, rate: &RateHeaders) {
     for (names, window) in NAMES.iter().zip([rate.requests, rate.tokens]) {
         let Some(Window {
@@ -120,38 +122,60 @@ pub fn set_rate_headers(headers: &mut HeaderMap, rate: &RateHeaders) {
         else {
             continue;
         };
-        headers.insert(&names[0], HeaderValue::from(limit));
-        headers.insert(&names[1], HeaderValue::from(remaining));
-        if let Ok(v) = HeaderValue::try_from(go_duration(reset)) {
-            headers.insert(&names[2], v);
+        for (name, value) in
+            names
+                .iter()
+                .zip([number(limit), number(remaining), go_duration(reset)])
+        {
+            if let Some(value) = value {
+                headers.insert(name, value);
+            }
         }
     }
 }
 
+fn number(n: u64) -> Option<HeaderValue> {
+    HeaderValue::from_str(itoa::Buffer::new().format(n)).ok()
+}
+
 /// A duration as Go prints it (and OpenAI sends it): `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
-pub fn go_duration(d: Duration) -> String {
+pub fn go_duration(d: Duration) -> Option<HeaderValue> {
+    value_written(|out| write_go_duration(out, d))
+}
+
+fn write_go_duration(out: &mut impl std::io::Write, d: Duration) -> std::io::Result<()> {
     let ms = d.as_millis().max(u128::from(!d.is_zero()));
     if ms < 1000 {
-        return format!("{ms}ms");
+        return write!(out, "{ms}ms");
     }
     let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (m, rest) = (rest / 60_000, rest % 60_000);
     let (s, frac) = (rest / 1000, rest % 1000);
-    let secs = if frac == 0 {
-        format!("{s}s")
-    } else {
-        format!("{s}.{}s", format!("{frac:03}").trim_end_matches('0'))
-    };
     match (h, m) {
-        (0, 0) => secs,
-        (0, m) => format!("{m}m{secs}"),
-        (h, m) => format!("{h}h{m}m{secs}"),
+        (0, 0) => {}
+        (0, m) => write!(out, "{m}m")?,
+        (h, m) => write!(out, "{h}h{m}m")?,
     }
+    write!(out, "{s}")?;
+    if frac != 0 {
+        // Milliseconds as a decimal fraction without trailing zeros: 60 -> ".06".
+        let (mut digits, mut width) = (frac, 3);
+        while digits % 10 == 0 {
+            digits /= 10;
+            width -= 1;
+        }
+        write!(out, ".{digits:0width$}")?;
+    }
+    out.write_all(b"s")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn go_duration(d: Duration) -> String {
+        super::go_duration(d).unwrap().to_str().unwrap().to_owned()
+    }
 
     #[test]
     fn durations_print_as_go_does() {
@@ -163,5 +187,14 @@ mod tests {
         assert_eq!(go_duration(Duration::from_secs(360)), "6m0s");
         assert_eq!(go_duration(Duration::from_millis(66_060)), "1m6.06s");
         assert_eq!(go_duration(Duration::from_secs(3723)), "1h2m3s");
+        assert_eq!(go_duration(Duration::from_millis(1001)), "1.001s");
+        assert_eq!(go_duration(Duration::from_millis(1250)), "1.25s");
+        assert_eq!(go_duration(Duration::from_millis(59_999)), "59.999s");
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(
+            go_duration(Duration::MAX),
+            "5124095576030431h0m15.999s",
+            "the longest fits the buffer"
+        );
     }
 }

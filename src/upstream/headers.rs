@@ -4,6 +4,7 @@
 //! client sends can remove or replace them; `Host` is the upstream's. Toward the client:
 //! hop-by-hop headers are removed.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderName};
@@ -81,10 +82,24 @@ pub fn to_upstream(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    if let Ok(ip) = HeaderValue::try_from(client_ip.to_string()) {
+    if let Some(ip) = value_written(|out| write!(out, "{client_ip}")) {
         headers.insert(&X_FORWARDED_FOR, ip);
     }
     headers.insert(&X_REQUEST_ID, request_id.clone());
+}
+
+/// A header value written by `write` into a buffer on the stack, then copied once into the
+/// value: no allocation for formatting. `None` past 64 bytes or for bytes a header cannot hold.
+pub fn value_written(
+    write: impl FnOnce(&mut &mut [u8]) -> std::io::Result<()>,
+) -> Option<HeaderValue> {
+    let mut buf = [0u8; 64];
+    let left = {
+        let mut out = &mut buf[..];
+        write(&mut out).ok()?;
+        out.len()
+    };
+    HeaderValue::from_bytes(buf.get(..buf.len() - left)?).ok()
 }
 
 /// Response headers that describe keygate's upstream account, not the client's key.
@@ -174,5 +189,26 @@ mod tests {
         ] {
             assert!(!h.contains_key(gone), "{gone} must be removed");
         }
+    }
+
+    #[test]
+    fn values_written_on_the_stack_are_whole_or_absent() {
+        for ip in [
+            "203.0.113.7",
+            "::ffff:255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            let value = value_written(|out| write!(out, "{addr}")).unwrap();
+            assert_eq!(value.to_str().unwrap(), ip);
+        }
+        assert!(value_written(|out| out.write_all(&[b'x'; 65])).is_none());
+        assert_eq!(
+            value_written(|out| out.write_all(&[b'x'; 64]))
+                .unwrap()
+                .len(),
+            64
+        );
+        assert!(value_written(|out| out.write_all(b"a\nb")).is_none());
     }
 }

@@ -7,6 +7,7 @@
 
 use std::sync::LazyLock;
 
+use bytes::Bytes;
 use memchr::memmem;
 use serde::Deserialize;
 
@@ -75,6 +76,8 @@ pub enum UsageScanner {
         streamed_tokens: u64,
     },
     Json {
+        /// An answer that came as one frame is held as it came, not copied.
+        whole: Option<Bytes>,
         prev: Vec<u8>,
         cur: Vec<u8>,
     },
@@ -97,6 +100,7 @@ impl UsageScanner {
             }
         } else if starts(b"application/json") {
             UsageScanner::Json {
+                whole: None,
                 prev: Vec::new(),
                 cur: Vec::new(),
             }
@@ -121,15 +125,26 @@ impl UsageScanner {
                 },
                 chunk,
             ),
-            UsageScanner::Json { prev, cur } => {
-                if cur.len() + chunk.len() > JSON_HALF_WINDOW && !cur.is_empty() {
-                    std::mem::swap(prev, cur);
-                    cur.clear();
+            UsageScanner::Json { whole, prev, cur } => {
+                if let Some(first) = whole.take() {
+                    json_tail(prev, cur, &first);
                 }
-                let start = chunk.len().saturating_sub(2 * JSON_HALF_WINDOW);
-                cur.extend_from_slice(&chunk[start..]);
+                json_tail(prev, cur, chunk);
             }
             UsageScanner::None => {}
+        }
+    }
+
+    /// [`feed`](Self::feed) for a frame of the answer: a JSON answer's only frame is held
+    /// without a copy.
+    pub fn feed_frame(&mut self, frame: &Bytes) {
+        match self {
+            UsageScanner::Json { whole, prev, cur }
+                if whole.is_none() && prev.is_empty() && cur.is_empty() =>
+            {
+                *whole = Some(frame.clone());
+            }
+            _ => self.feed(frame),
         }
     }
 
@@ -173,11 +188,15 @@ impl UsageScanner {
                 }
                 *usage
             }
-            UsageScanner::Json { prev, cur } => {
-                let mut all = std::mem::take(prev);
-                all.extend_from_slice(cur);
-                json_usage(&all)
-            }
+            UsageScanner::Json { whole, prev, cur } => match whole {
+                Some(whole) => json_usage(whole),
+                None if prev.is_empty() => json_usage(cur),
+                None => {
+                    let mut all = std::mem::take(prev);
+                    all.extend_from_slice(cur);
+                    json_usage(&all)
+                }
+            },
             UsageScanner::None => None,
         }
     }
@@ -192,6 +211,16 @@ impl UsageScanner {
             _ => 0,
         }
     }
+}
+
+/// Keeps the last `JSON_HALF_WINDOW` to twice that of a JSON answer, in two halves.
+fn json_tail(prev: &mut Vec<u8>, cur: &mut Vec<u8>, chunk: &[u8]) {
+    if cur.len() + chunk.len() > JSON_HALF_WINDOW && !cur.is_empty() {
+        std::mem::swap(prev, cur);
+        cur.clear();
+    }
+    let start = chunk.len().saturating_sub(2 * JSON_HALF_WINDOW);
+    cur.extend_from_slice(&chunk[start..]);
 }
 
 /// What the SSE lines so far have shown: usage, and the completion tokens streamed.
@@ -349,20 +378,25 @@ data: [DONE]\n\n";
     }
 
     #[test]
-    fn json_usage_at_the_end_of_a_large_body() {
+    fn json_usage_at_the_end_of_a_large_body_in_frames_of_any_size() {
         let mut body = b"{\"data\":[".to_vec();
         body.extend(std::iter::repeat_n(b"0.125,".as_slice(), 200_000).flatten());
         body.extend_from_slice(b"1],\"usage\": {\"prompt_tokens\":5,\"total_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":2}}}");
-        let mut s = UsageScanner::for_content_type(Some(b"application/json"));
-        body.chunks(8192).for_each(|c| s.feed(c));
-        assert_eq!(
-            s.finish(),
-            Some(Usage {
-                prompt_tokens: 5,
-                cached_prompt_tokens: 2,
-                completion_tokens: 0
-            })
-        );
+        let expected = Some(Usage {
+            prompt_tokens: 5,
+            cached_prompt_tokens: 2,
+            completion_tokens: 0,
+        });
+        for size in [8192, 300_000, body.len()] {
+            let mut s = UsageScanner::for_content_type(Some(b"application/json"));
+            body.chunks(size).for_each(|c| s.feed(c));
+            assert_eq!(s.finish(), expected, "fed in pieces of {size}");
+            // As frames: the first is held as it came until a second arrives.
+            let mut s = UsageScanner::for_content_type(Some(b"application/json"));
+            body.chunks(size)
+                .for_each(|c| s.feed_frame(&Bytes::copy_from_slice(c)));
+            assert_eq!(s.finish(), expected, "frames of {size}");
+        }
     }
 
     #[test]
