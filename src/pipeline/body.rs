@@ -202,10 +202,11 @@ impl Flow {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(conn) = self.conn.as_mut() {
-            conn.drive(cx);
+        let inner = &mut self.inner;
+        match self.conn.as_mut() {
+            Some(conn) => conn.poll_driven(cx, |cx| Pin::new(&mut *inner).poll_frame(cx)),
+            None => Pin::new(inner).poll_frame(cx),
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     /// Reads the rest of an answer nobody will receive, then settles it with the usage found

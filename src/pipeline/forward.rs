@@ -245,8 +245,7 @@ pub async fn filter_model_list(
         let mut bytes = BytesMut::new();
         loop {
             let frame = std::future::poll_fn(|cx| {
-                conn.drive(cx);
-                std::pin::Pin::new(&mut body).poll_frame(cx)
+                conn.poll_driven(cx, |cx| std::pin::Pin::new(&mut body).poll_frame(cx))
             })
             .await;
             match frame {

@@ -49,6 +49,33 @@ impl Conn {
         }
     }
 
+    /// Polls `inner`, which this connection fills (the answer's head, then its body), driving
+    /// the connection as needed. While either can go on, both are polled with a waker that
+    /// does nothing: each hand-off between them (hyper passes the body one frame at a time)
+    /// would otherwise wake this very task while it runs, and the runtime would poll it once
+    /// more for nothing. Only when neither can go on are they polled with `cx`: `inner` first,
+    /// so that the connection, driven after it, wakes `cx` when it hands over something new
+    /// or when the socket is ready.
+    pub fn poll_driven<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut inner: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let mut quiet = Context::from_waker(Waker::noop());
+        if let Poll::Ready(v) = inner(&mut quiet) {
+            return Poll::Ready(v);
+        }
+        self.drive(&mut quiet);
+        if let Poll::Ready(v) = inner(&mut quiet) {
+            return Poll::Ready(v);
+        }
+        if let Poll::Ready(v) = inner(cx) {
+            return Poll::Ready(v);
+        }
+        self.drive(cx);
+        inner(cx)
+    }
+
     /// Whether the connection came from the pool rather than a fresh connect.
     pub fn reused(&self) -> bool {
         self.reused
@@ -69,11 +96,7 @@ impl Conn {
     ) -> Result<Response<Incoming>, TrySendError<Request<Full<Bytes>>>> {
         let answer = self.sender.try_send_request(request);
         let mut answer = std::pin::pin!(answer);
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            answer.as_mut().poll(cx)
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_driven(cx, |cx| answer.as_mut().poll(cx))).await
     }
 
     /// Gives the connection back to the pool, if it can carry another request.
