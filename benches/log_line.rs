@@ -2,9 +2,9 @@
 
 //! Micro-benchmark for the request log line, written once per request.
 //!
-//! Decision informed: whether keygate's own text format (`logging::text`, the same bytes as
-//! tracing-subscriber's default format) is worth keeping over that default format, which
-//! profiles showed at about 6% of a plain request's CPU.
+//! Decision informed: whether keygate's own formats (`logging::text` and `logging::json`, the
+//! same bytes as tracing-subscriber's default and JSON formats) are worth keeping over those,
+//! which profiles showed at about 6% of a plain request's CPU.
 
 use std::hint::black_box;
 use std::io;
@@ -70,6 +70,28 @@ fn log_line(c: &mut Criterion) {
         .finish();
     tracing::subscriber::with_default(default, || {
         g.bench_function("tracing_subscriber_default", |b| b.iter(request_line));
+    });
+    // `--log-format json`, as `cli::init_tracing` sets it up, then tracing-subscriber's own.
+    let ours = tracing_subscriber::fmt()
+        .with_max_level(Level::INFO)
+        .with_ansi(false)
+        .with_writer(|| Sink)
+        .json()
+        .flatten_event(true)
+        .event_format(keygate::logging::json::Json::default())
+        .finish();
+    tracing::subscriber::with_default(ours, || {
+        g.bench_function("keygate_json", |b| b.iter(request_line));
+    });
+    let json = tracing_subscriber::fmt()
+        .with_max_level(Level::INFO)
+        .with_ansi(false)
+        .with_writer(|| Sink)
+        .json()
+        .flatten_event(true)
+        .finish();
+    tracing::subscriber::with_default(json, || {
+        g.bench_function("tracing_subscriber_json", |b| b.iter(request_line));
     });
     g.finish();
 }

@@ -275,7 +275,11 @@ pub fn init_tracing(format: LogFormat) -> Option<crate::logging::FlushGuard> {
         LogFormat::Text => builder
             .event_format(crate::logging::text::Text::default())
             .init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .event_format(crate::logging::json::Json::default())
+            .init(),
     }
     guard
 }

@@ -4,6 +4,7 @@
 //! a request: past [`MAX_BUFFERED`] bytes, lines are dropped and counted, and the count is
 //! written out when there is room again. The returned guard writes what is left at exit.
 
+pub mod json;
 pub mod text;
 
 use std::io::Write;
@@ -134,6 +135,40 @@ impl<'a> MakeWriter<'a> for BatchedStderr {
 
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
+    }
+}
+
+/// A log writer for tests that keeps what it is given.
+#[cfg(test)]
+pub(crate) mod captured {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    #[derive(Clone, Default)]
+    pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Captured {
+        pub fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
     }
 }
 

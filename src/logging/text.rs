@@ -65,16 +65,16 @@ where
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, in a fixed buffer.
-struct Stamp([u8; 27]);
+pub(super) struct Stamp([u8; 27]);
 
 impl Stamp {
-    fn as_str(&self) -> Result<&str, fmt::Error> {
+    pub(super) fn as_str(&self) -> Result<&str, fmt::Error> {
         std::str::from_utf8(&self.0).map_err(|_| fmt::Error)
     }
 }
 
 /// The UTC time stamp of `now`, as tracing-subscriber writes it; `None` outside 1970–9999.
-fn timestamp(now: SystemTime) -> Option<Stamp> {
+pub(super) fn timestamp(now: SystemTime) -> Option<Stamp> {
     let since = now.duration_since(SystemTime::UNIX_EPOCH).ok()?;
     let secs = since.as_secs();
     let (year, month, day) = crate::usage::calendar::civil(i64::try_from(secs / 86_400).ok()?);
@@ -254,32 +254,10 @@ impl fmt::Write for Escaped<'_, '_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use proptest::prelude::*;
-    use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Captured {
-            self.clone()
-        }
-    }
+    use crate::logging::captured::Captured;
 
     /// The lines `events` log through `Text` and through tracing-subscriber's default format.
     fn both(events: impl Fn()) -> (String, String) {
@@ -298,8 +276,7 @@ mod tests {
             .with_writer(theirs.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, &events);
-        let text = |c: Captured| String::from_utf8(c.0.lock().unwrap().clone()).unwrap();
-        (text(ours), text(theirs))
+        (ours.text(), theirs.text())
     }
 
     /// Both outputs, line by line, with the time stamps checked for shape and then cut off
