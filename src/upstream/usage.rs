@@ -189,7 +189,10 @@ impl UsageScanner {
                 *usage
             }
             UsageScanner::Json { whole, prev, cur } => match whole {
-                Some(whole) => json_usage(whole),
+                // The same tail a copied answer keeps.
+                Some(whole) => {
+                    json_usage(&whole[whole.len().saturating_sub(2 * JSON_HALF_WINDOW)..])
+                }
                 None if prev.is_empty() => json_usage(cur),
                 None => {
                     let mut all = std::mem::take(prev);

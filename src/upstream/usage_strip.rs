@@ -66,16 +66,19 @@ impl UsageStripper {
             return;
         };
         let start = b"data:".len();
+        // Every event but the last says `"usage":null`: take it out without parsing the event.
+        // (Inside JSON strings quotes are escaped, so `"usage"` is a member.) The member keygate
+        // asked for is the event's own, written after its choices: the last one found.
         let mut any = false;
+        let mut cut = None;
         for at in USAGE_FINDER.find_iter(data) {
             any = true;
-            // Every event but the last says `"usage":null`: take it out without parsing the
-            // event. (Inside JSON strings quotes are escaped, so `"usage"` is the member.)
-            if let Some(cut) = null_member(data, at) {
-                out.extend_from_slice(&line[..start + cut.start]);
-                out.extend_from_slice(&line[start + cut.end..]);
-                return;
-            }
+            cut = null_member(data, at).or(cut);
+        }
+        if let Some(cut) = cut {
+            out.extend_from_slice(&line[..start + cut.start]);
+            out.extend_from_slice(&line[start + cut.end..]);
+            return;
         }
         if any
             && let Ok(Shape {
@@ -153,7 +156,7 @@ data: [DONE]\n\n";
 
     #[test]
     fn a_null_usage_member_is_cut_with_one_comma_wherever_it_stands() {
-        let cases: [(&str, &str); 8] = [
+        let cases: [(&str, &str); 9] = [
             (r#"{"a":1,"usage":null}"#, r#"{"a":1}"#),
             (r#"{"a":1, "usage" : null }"#, r#"{"a":1 }"#),
             (r#"{"usage":null,"a":1}"#, r#"{"a":1}"#),
@@ -164,6 +167,11 @@ data: [DONE]\n\n";
             (
                 r#"{"choices":[{"index":0}],"usage":{"prompt_tokens":1}}"#,
                 r#"{"choices":[{"index":0}],"usage":{"prompt_tokens":1}}"#,
+            ),
+            // A nested member of that name stays: the event's own comes last.
+            (
+                r#"{"choices":[{"delta":{},"usage":null,"x":1}],"usage":null}"#,
+                r#"{"choices":[{"delta":{},"usage":null,"x":1}]}"#,
             ),
             // The same words inside a string are escaped: only the member goes.
             (
