@@ -78,20 +78,24 @@ async fn a_barrier_released_burst_of_200_on_rpm_10_admits_exactly_10() {
 async fn rate_limit_headers_are_on_every_answer_and_count_down() {
     let s = Setup::new(&[(
         "app",
-        "scopes = [\"chat\"]\nlimits = { requests_per_minute = 100, tokens_per_minute = 100000 }",
+        // Slow refills (17 tokens a second, one request every 0.6 s): the second answer
+        // shows less left than the first unless seconds pass between them.
+        "scopes = [\"chat\"]\nlimits = { requests_per_minute = 100, tokens_per_minute = 1000 }",
     )])
     .await;
     let url = s.gw.url("/v1/chat/completions");
     let body = json!({"model": "deepseek-chat", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
-    let first = send(req(&url, s.key("app"), &body, &[])).await;
-    let second = send(req(&url, s.key("app"), &body, &[])).await;
+    // 50 completion tokens each: the bucket takes 3 s to refill what the first one used.
+    let fifty = [("x-mock-chunks", "50")];
+    let first = send(req(&url, s.key("app"), &body, &fifty)).await;
+    let second = send(req(&url, s.key("app"), &body, &fifty)).await;
     let h = |a: &Answer, n: &str| a.headers[n].to_str().unwrap().to_owned();
     assert_eq!(h(&first, "x-ratelimit-limit-requests"), "100");
     assert_eq!(h(&first, "x-ratelimit-remaining-requests"), "99");
     assert_eq!(h(&second, "x-ratelimit-remaining-requests"), "98");
-    assert_eq!(h(&first, "x-ratelimit-limit-tokens"), "100000");
+    assert_eq!(h(&first, "x-ratelimit-limit-tokens"), "1000");
     let tokens = |a: &Answer| h(a, "x-ratelimit-remaining-tokens").parse::<u64>().unwrap();
-    assert!(tokens(&second) < tokens(&first) && tokens(&first) < 100_000);
+    assert!(tokens(&second) < tokens(&first) && tokens(&first) < 1000);
     // Go-style durations: one request refills in 600 ms.
     assert!(
         h(&first, "x-ratelimit-reset-requests").ends_with("ms"),
