@@ -60,6 +60,25 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes every header `drop` names, found in one pass over the headers present: a message
+/// carries a handful, fewer than the lists checked, and a lookup per listed name cost more
+/// than the pass.
+fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    // On the stack: a message rarely carries more than a few of them.
+    let mut found: [Option<HeaderName>; 8] = Default::default();
+    let mut more = Vec::new();
+    let mut slots = found.iter_mut();
+    for name in headers.keys().filter(|name| drop(name)) {
+        match slots.next() {
+            Some(slot) => *slot = Some(name.clone()),
+            None => more.push(name.clone()),
+        }
+    }
+    for name in found.into_iter().flatten().chain(more) {
+        headers.remove(name);
+    }
+}
+
 /// Rewrites a client's request headers, in place, into what the upstream receives.
 pub fn to_upstream(
     headers: &mut HeaderMap,
@@ -71,10 +90,9 @@ pub fn to_upstream(
     if headers.contains_key(header::CONNECTION) {
         remove_connection_listed(headers);
     }
-    for name in HOP_BY_HOP.iter().chain(&CLIENT_ONLY) {
-        headers.remove(name);
-    }
-    headers.remove(&X_FORWARDED_FOR);
+    remove_where(headers, |name| {
+        HOP_BY_HOP.contains(name) || CLIENT_ONLY.contains(name) || name == X_FORWARDED_FOR
+    });
     headers.insert(header::AUTHORIZATION, upstream_auth.clone());
     headers.insert(header::HOST, host.clone());
     // Usage must be readable from the answer, so ask for it uncompressed.
@@ -116,17 +134,11 @@ pub fn to_client(headers: &mut HeaderMap, request_id: &HeaderValue) {
     if headers.contains_key(header::CONNECTION) {
         remove_connection_listed(headers);
     }
-    for name in HOP_BY_HOP.iter().chain(&UPSTREAM_ONLY) {
-        headers.remove(name);
-    }
-    let account_limits: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-ratelimit-"))
-        .cloned()
-        .collect();
-    for name in account_limits {
-        headers.remove(name);
-    }
+    remove_where(headers, |name| {
+        HOP_BY_HOP.contains(name)
+            || UPSTREAM_ONLY.contains(name)
+            || name.as_str().starts_with("x-ratelimit-")
+    });
     headers.insert(&X_REQUEST_ID, request_id.clone());
 }
 
@@ -210,5 +222,52 @@ mod tests {
             64
         );
         assert!(value_written(|out| out.write_all(b"a\nb")).is_none());
+    }
+
+    #[test]
+    fn every_listed_header_goes_however_many_a_request_carries() {
+        // All 24 listed names at once (more than the pass keeps on the stack), some twice.
+        let mut h = HeaderMap::new();
+        for name in HOP_BY_HOP.iter().chain(&CLIENT_ONLY) {
+            h.append(name, HeaderValue::from_static("client"));
+            h.append(name, HeaderValue::from_static("again"));
+        }
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.insert("x-stainless-lang", "python".parse().unwrap());
+        let auth = HeaderValue::from_static("Bearer upstream");
+        let rid = HeaderValue::from_static("req_1");
+        let host = HeaderValue::from_static("api.example");
+        to_upstream(&mut h, &auth, &host, "192.0.2.1".parse().unwrap(), &rid);
+        let mut left: Vec<(String, String)> = h
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        left.sort();
+        let expected = [
+            ("accept-encoding", "identity"),
+            ("authorization", "Bearer upstream"),
+            ("content-type", "application/json"),
+            ("host", "api.example"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-request-id", "req_1"),
+            ("x-stainless-lang", "python"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()));
+        assert_eq!(left, expected);
+
+        let mut h = HeaderMap::new();
+        for name in HOP_BY_HOP.iter().chain(&UPSTREAM_ONLY) {
+            h.append(name, HeaderValue::from_static("upstream"));
+        }
+        for n in 0..6 {
+            h.insert(
+                HeaderName::try_from(format!("x-ratelimit-{n}")).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        h.insert("content-type", "text/event-stream".parse().unwrap());
+        to_client(&mut h, &rid);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type", "x-request-id"]);
     }
 }
