@@ -8,12 +8,13 @@
 # Decision informed: whether keygate's full pipeline (authenticate, IP and referrer rules,
 # scopes, all four limits, usage metering, the ledger, metrics and the request log line)
 # costs at most what nginx costs as a plain reverse proxy, in CPU time per request and
-# throughput, and what it adds to latency. wrk runs on core 0; the proxy and the mock share
-# core 1, keygate and the mock with one worker thread each (nginx: one process, access log
-# on, buffering off). "keygate" uses a key with no limits, "kg+all" a key with every limit
-# and rule (high enough that nothing is refused), "kg+redis" that key with limits shared on a
-# local Redis, "kg+100k" that key on a gateway configured with 100,000 keys. Everything binds
-# to 127.0.0.1.
+# throughput, and what it adds to latency. CPU time is also shown in user space alone (what
+# keygate's own code, hyper and tokio cost; the rest is the kernel's socket work). wrk runs
+# on core 0; the proxy and the mock share core 1, keygate and the mock with one worker
+# thread each (nginx: one process, access log on, buffering off). "keygate" uses a key with
+# no limits, "kg+all" a key with every limit and rule (high enough that nothing is refused),
+# "kg+redis" that key with limits shared on a local Redis, "kg+100k" that key on a gateway
+# configured with 100,000 keys. Everything binds to 127.0.0.1.
 # Usage: [MODES="plain stream stream_usage"] benches/load.sh [seconds per run, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -180,11 +181,12 @@ done
 
 ticks=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 to_us() { # wrk latency like 1.23ms / 456.00us / 1.2s -> microseconds
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1e6; else print n }'
 }
 
-printf '%-13s %-6s %-9s %10s %10s %10s %14s\n' mode conns target req/s p50_us p99_us proxy_cpu_us
+printf '%-13s %-6s %-9s %10s %10s %10s %14s %14s\n' mode conns target req/s p50_us p99_us proxy_cpu_us proxy_user_us
 declare -A R
 for mode in $modes; do
   for conns in 1 64; do
@@ -200,35 +202,40 @@ for mode in $modes; do
       esac
       redis_before=$(cpu_ticks "$redis_pid")
       before=$(cpu_ticks "$pid")
+      user_before=$(user_ticks "$pid")
       taskset -c 0 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$script" \
         "http://$addr/v1/chat/completions" >"$tmp/wrk.out"
       after=$(cpu_ticks "$pid")
+      user_after=$(user_ticks "$pid")
       if grep -q 'Non-2xx' "$tmp/wrk.out"; then echo "non-2xx answers:" >&2; cat "$tmp/wrk.out" >&2; exit 1; fi
       rps=$(awk '/Requests\/sec/ {print $2}' "$tmp/wrk.out")
       reqs=$(awk '/requests in/ {print $1}' "$tmp/wrk.out")
       p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$tmp/wrk.out")")
       p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$tmp/wrk.out")")
       cpu=$(awk -v d="$((after - before))" -v t="$ticks" -v n="$reqs" 'BEGIN { printf "%.1f", d / t / n * 1e6 }')
-      [ "$target" = direct ] && cpu="-"
+      user=$(awk -v d="$((user_after - user_before))" -v t="$ticks" -v n="$reqs" 'BEGIN { printf "%.1f", d / t / n * 1e6 }')
+      [ "$target" = direct ] && cpu="-" && user="-"
       redis_after=$(cpu_ticks "$redis_pid")
       if [ "$target" = kg+redis ]; then
         rcpu=$(awk -v d="$((redis_after - redis_before))" -v t="$ticks" -v n="$reqs" 'BEGIN { printf "%.1f", d / t / n * 1e6 }')
         cpu="$cpu (+redis $rcpu)"
       fi
       R[$mode,$conns,$target,rps]=$rps; R[$mode,$conns,$target,p50]=$p50; R[$mode,$conns,$target,cpu]=$cpu
-      printf '%-13s %-6s %-9s %10s %10s %10s %14s\n' "$mode" "$conns" "$target" "$rps" "$p50" "$p99" "$cpu"
+      R[$mode,$conns,$target,user]=$user
+      printf '%-13s %-6s %-9s %10s %10s %10s %14s %14s\n' "$mode" "$conns" "$target" "$rps" "$p50" "$p99" "$cpu" "$user"
     done
   done
 done
 echo
 echo "ratios, kg+all against nginx (CPU/request and req/s at 64 connections; added p50 over direct at 1):"
-printf '%-13s %12s %12s %14s %14s\n' mode cpu_ratio rps_ratio nginx_added_us kg_added_us
+printf '%-13s %12s %12s %12s %14s %14s\n' mode cpu_ratio user_ratio rps_ratio nginx_added_us kg_added_us
 for mode in $modes; do
   cpu=$(awk -v k="${R[$mode,64,kg+all,cpu]}" -v n="${R[$mode,64,nginx,cpu]}" 'BEGIN { printf "%.2f", k / n }')
+  user=$(awk -v k="${R[$mode,64,kg+all,user]}" -v n="${R[$mode,64,nginx,user]}" 'BEGIN { printf "%.2f", k / n }')
   rps=$(awk -v k="${R[$mode,64,kg+all,rps]}" -v n="${R[$mode,64,nginx,rps]}" 'BEGIN { printf "%.2f", k / n }')
   na=$(awk -v x="${R[$mode,1,nginx,p50]}" -v d="${R[$mode,1,direct,p50]}" 'BEGIN { printf "%.0f", x - d }')
   ka=$(awk -v x="${R[$mode,1,kg+all,p50]}" -v d="${R[$mode,1,direct,p50]}" 'BEGIN { printf "%.0f", x - d }')
-  printf '%-13s %12s %12s %14s %14s\n' "$mode" "$cpu" "$rps" "$na" "$ka"
+  printf '%-13s %12s %12s %12s %14s %14s\n' "$mode" "$cpu" "$user" "$rps" "$na" "$ka"
 done
 echo
 echo "kg+100k against kg+all (the same key and limits; 100,000 keys configured instead of two):"
