@@ -170,6 +170,44 @@ pub(crate) mod captured {
             self.clone()
         }
     }
+
+    /// Logs `events` through `ours`, then through `theirs` (each built around the writer it
+    /// is given), and checks that they wrote the same lines but for the time stamps' values
+    /// (the two run at different instants). A stamp starts at byte `stamp_at` of its line; it
+    /// is checked for shape and set aside. `check` sees every line of both.
+    pub fn assert_same_lines<A, B>(
+        ours: impl Fn(Captured) -> A,
+        theirs: impl Fn(Captured) -> B,
+        stamp_at: usize,
+        check: impl Fn(&str),
+        events: impl Fn(),
+    ) where
+        A: tracing::Subscriber + Send + Sync + 'static,
+        B: tracing::Subscriber + Send + Sync + 'static,
+    {
+        let (a, b) = (Captured::default(), Captured::default());
+        tracing::subscriber::with_default(ours(a.clone()), &events);
+        tracing::subscriber::with_default(theirs(b.clone()), &events);
+        let (ours, theirs) = (a.text(), b.text());
+        assert_eq!(
+            ours.lines().count(),
+            theirs.lines().count(),
+            "{ours}\n{theirs}"
+        );
+        assert!(!ours.is_empty());
+        let stamp = stamp_at..stamp_at + 27;
+        for (a, b) in ours.lines().zip(theirs.lines()) {
+            for line in [a, b] {
+                assert!(
+                    humantime::parse_rfc3339(&line[stamp.clone()]).is_ok(),
+                    "{line}"
+                );
+                check(line);
+            }
+            assert_eq!(&a[..stamp.start], &b[..stamp.start]);
+            assert_eq!(&a[stamp.end..], &b[stamp.end..]);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -257,45 +257,23 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::logging::captured::Captured;
+    use crate::logging::captured;
 
-    /// The lines `events` log through `Text` and through tracing-subscriber's default format.
-    fn both(events: impl Fn()) -> (String, String) {
-        let ours = Captured::default();
-        let theirs = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(Level::TRACE)
-            .with_ansi(false)
-            .with_writer(ours.clone())
-            .event_format(Text::default())
-            .finish();
-        tracing::subscriber::with_default(subscriber, &events);
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(Level::TRACE)
-            .with_ansi(false)
-            .with_writer(theirs.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, &events);
-        (ours.text(), theirs.text())
-    }
-
-    /// Both outputs, line by line, with the time stamps checked for shape and then cut off
-    /// (the two formats run at different instants).
+    /// `events` log the same lines through `Text` as through tracing-subscriber's default
+    /// format.
     fn assert_same(events: impl Fn()) {
-        let (ours, theirs) = both(events);
-        assert_eq!(
-            ours.lines().count(),
-            theirs.lines().count(),
-            "{ours}\n{theirs}"
+        let fmt = || {
+            tracing_subscriber::fmt()
+                .with_max_level(Level::TRACE)
+                .with_ansi(false)
+        };
+        captured::assert_same_lines(
+            |w| fmt().with_writer(w).event_format(Text::default()).finish(),
+            |w| fmt().with_writer(w).finish(),
+            0,
+            |_| {},
+            events,
         );
-        assert!(!ours.is_empty());
-        for (a, b) in ours.lines().zip(theirs.lines()) {
-            for line in [a, b] {
-                let stamp = line.get(..27).unwrap();
-                assert!(humantime::parse_rfc3339(stamp).is_ok(), "{line}");
-            }
-            assert_eq!(&a[27..], &b[27..]);
-        }
     }
 
     #[derive(Debug)]
