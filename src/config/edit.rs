@@ -94,14 +94,6 @@ impl<T> Change<T> {
     pub fn from_option(v: Option<T>) -> Self {
         v.map_or(Change::Keep, Change::Set)
     }
-
-    /// A new key has nothing to remove: `Remove` becomes `Keep`.
-    fn for_new_key(self) -> Self {
-        match self {
-            Change::Remove => Change::Keep,
-            other => other,
-        }
-    }
 }
 
 /// Settings that `create` and `update` can change. `None` and [`Change::Keep`] leave a field
@@ -659,19 +651,8 @@ pub fn create(path: &Path, spec: &NewKey, now: SystemTime) -> Result<(String, Ap
         t["hash"] = value(hash.as_str());
         t["status"] = value("active");
         t["created"] = value(utc(now)?);
-        let f = spec.fields.clone();
-        let mut fields = KeyFields {
-            models: f.models.for_new_key(),
-            allowed_ips: f.allowed_ips.for_new_key(),
-            allowed_referrers: f.allowed_referrers.for_new_key(),
-            requests_per_minute: f.requests_per_minute.for_new_key(),
-            tokens_per_minute: f.tokens_per_minute.for_new_key(),
-            monthly_spend_usd: f.monthly_spend_usd.for_new_key(),
-            max_concurrent_requests: f.max_concurrent_requests.for_new_key(),
-            default_max_tokens: f.default_max_tokens.for_new_key(),
-            expires: f.expires.for_new_key(),
-            ..f
-        };
+        // A removal asked for on a new key removes nothing: the table starts without fields.
+        let mut fields = spec.fields.clone();
         if let Some(life) = spec.expires_in {
             fields.expires = Change::Set(later(now, life, "expires")?);
         }
@@ -893,6 +874,43 @@ output_per_million = 1.10
         update(&path, &id, &rest).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("limits"), "{text}");
+
+        // A new key asked to go without a setting simply does not get it.
+        let bare = NewKey {
+            name: "bare".into(),
+            environment: "production".into(),
+            fields: KeyFields {
+                scopes: Some(vec!["chat".into()]),
+                models: Change::Remove,
+                allowed_ips: Change::Remove,
+                allowed_referrers: Change::Remove,
+                requests_per_minute: Change::Remove,
+                tokens_per_minute: Change::Set(500),
+                monthly_spend_usd: Change::Remove,
+                max_concurrent_requests: Change::Remove,
+                default_max_tokens: Change::Remove,
+                expires: Change::Remove,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (bare_id, _) = create(&path, &bare, now).unwrap();
+        let config = crate::config::load(&path).unwrap();
+        let key = config.keys.iter().find(|k| *k.id == *bare_id).unwrap();
+        assert!(key.expires.is_none() && key.allowed_ips.is_empty());
+        assert_eq!(key.limits.tokens_per_minute.map(|n| n.get()), Some(500));
+        assert!(key.limits.requests_per_minute.is_none());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table = &text[text.find(&*bare_id).unwrap()..];
+        for absent in [
+            "models",
+            "allowed_ips",
+            "allowed_referrers",
+            "expires",
+            "monthly",
+        ] {
+            assert!(!table.contains(absent), "{absent} in {table}");
+        }
     }
 
     #[test]
