@@ -232,34 +232,33 @@ fn advice(
                         r.suggested_tokens_per_minute.to_string(),
                     ]
                 };
+                rows_out(
+                    &mut out,
+                    format,
+                    "key_id,current_rpm,peak_rpm,suggested_rpm,current_tpm,peak_tpm,suggested_tpm",
+                    [
+                        "KEY",
+                        "RPM NOW",
+                        "PEAK RPM",
+                        "SUGGESTED RPM",
+                        "TPM NOW",
+                        "PEAK TPM",
+                        "SUGGESTED TPM",
+                    ],
+                    &[
+                        (24, Left),
+                        (12, Right),
+                        (10, Right),
+                        (14, Right),
+                        (12, Right),
+                        (10, Right),
+                        (14, Right),
+                    ],
+                    None,
+                    rows.iter().map(cells),
+                );
                 if matches!(format, Format::Csv) {
-                    out.push_str("key_id,current_rpm,peak_rpm,suggested_rpm,current_tpm,peak_tpm,suggested_tpm\n");
-                    for r in &rows {
-                        let _ = writeln!(out, "{}", cells(r).join(","));
-                    }
                     return Ok(out);
-                }
-                const LAYOUT: [(usize, Align); 7] = [
-                    (24, Left),
-                    (12, Right),
-                    (10, Right),
-                    (14, Right),
-                    (12, Right),
-                    (10, Right),
-                    (14, Right),
-                ];
-                let header = [
-                    "KEY",
-                    "RPM NOW",
-                    "PEAK RPM",
-                    "SUGGESTED RPM",
-                    "TPM NOW",
-                    "PEAK TPM",
-                    "SUGGESTED TPM",
-                ];
-                table_line(&mut out, &header.map(String::from), &LAYOUT);
-                for r in &rows {
-                    table_line(&mut out, &cells(r), &LAYOUT);
                 }
                 let _ = writeln!(
                     out,
@@ -302,41 +301,31 @@ fn advice(
                     usd(u.saving_micros),
                 ]
             };
-            if matches!(format, Format::Csv) {
-                out.push_str(
-                    "key_id,model,requests,average_tokens,cost_usd,cheapest_model,saving_usd\n",
-                );
-                for u in &uses {
-                    let _ = writeln!(out, "{}", cells(u).join(","));
-                }
-                return Ok(out);
-            }
-            const LAYOUT: [(usize, Align); 7] = [
-                (24, Left),
-                (20, Left),
-                (9, Right),
-                (10, Right),
-                (14, Right),
-                (20, Left),
-                (14, Right),
-            ];
-            let header = [
-                "KEY",
-                "MODEL",
-                "REQUESTS",
-                "AVG TOKENS",
-                "COST USD",
-                "CHEAPEST",
-                "SAVING USD",
-            ];
-            table_line(&mut out, &header.map(String::from), &LAYOUT);
-            for u in &uses {
-                let mut row = cells(u);
-                if row[5].is_empty() {
-                    row[5] = "-".into();
-                }
-                table_line(&mut out, &row, &LAYOUT);
-            }
+            rows_out(
+                &mut out,
+                format,
+                "key_id,model,requests,average_tokens,cost_usd,cheapest_model,saving_usd",
+                [
+                    "KEY",
+                    "MODEL",
+                    "REQUESTS",
+                    "AVG TOKENS",
+                    "COST USD",
+                    "CHEAPEST",
+                    "SAVING USD",
+                ],
+                &[
+                    (24, Left),
+                    (20, Left),
+                    (9, Right),
+                    (10, Right),
+                    (14, Right),
+                    (20, Left),
+                    (14, Right),
+                ],
+                Some(5),
+                uses.iter().map(cells),
+            );
         }
     }
     Ok(out)
@@ -403,6 +392,36 @@ fn table_line<const N: usize>(out: &mut String, cells: &[String; N], layout: &[(
         };
     }
     out.push('\n');
+}
+
+/// A report's rows as CSV (`csv_header`, then each row's cells joined by commas) or as a
+/// table (`titles`, then each row padded to `layout`; an empty cell in column `dash` shows
+/// as `-`).
+fn rows_out<const N: usize>(
+    out: &mut String,
+    format: Format,
+    csv_header: &str,
+    titles: [&str; N],
+    layout: &[(usize, Align); N],
+    dash: Option<usize>,
+    rows: impl Iterator<Item = [String; N]>,
+) {
+    if matches!(format, Format::Csv) {
+        let _ = writeln!(out, "{csv_header}");
+        for row in rows {
+            let _ = writeln!(out, "{}", row.join(","));
+        }
+        return;
+    }
+    table_line(out, &titles.map(String::from), layout);
+    for mut row in rows {
+        if let Some(cell) = dash.and_then(|i| row.get_mut(i))
+            && cell.is_empty()
+        {
+            *cell = "-".into();
+        }
+        table_line(out, &row, layout);
+    }
 }
 
 fn render(
