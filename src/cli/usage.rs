@@ -158,13 +158,11 @@ pub fn run(
     }
     // The config is read only when no ledger is named (summing other replicas' ledgers
     // needs none).
-    let paths = if ledgers.is_empty() {
+    let paths = ledger_paths(ledgers, || {
         crate::config::load(config_path)
-            .map(|config| vec![config.storage.path])
+            .map(|config| config.storage.path)
             .map_err(|e| e.problems.join("\n"))
-    } else {
-        Ok(ledgers.to_vec())
-    };
+    });
     let rows = match paths.and_then(|paths| read_ledgers(&paths, key, &since)) {
         Ok(rows) => rows,
         Err(e) => {
@@ -180,6 +178,18 @@ pub fn run(
     ExitCode::SUCCESS
 }
 
+/// The ledgers named, or else the config's own (`configured`).
+fn ledger_paths(
+    ledgers: &[PathBuf],
+    configured: impl FnOnce() -> Result<PathBuf, String>,
+) -> Result<Vec<PathBuf>, String> {
+    if ledgers.is_empty() {
+        configured().map(|path| vec![path])
+    } else {
+        Ok(ledgers.to_vec())
+    }
+}
+
 /// `--suggest-limits` and `--by-model`.
 fn advice(
     config_path: &Path,
@@ -190,11 +200,7 @@ fn advice(
     report: Report,
 ) -> Result<String, String> {
     let config = crate::config::load(config_path).map_err(|e| e.problems.join("\n"))?;
-    let paths = if ledgers.is_empty() {
-        vec![config.storage.path.clone()]
-    } else {
-        ledgers.to_vec()
-    };
+    let paths = ledger_paths(ledgers, || Ok(config.storage.path.clone()))?;
     let mut out = String::new();
     if report == Report::SuggestLimits {
         let peaks = read_each(&paths, |l| l.peaks(key, since))?;
@@ -466,14 +472,16 @@ fn render(
             let _ = writeln!(out, "{body:#}");
         }
         Format::Table => {
-            table_line(&mut out, &TABLE_HEADER.map(String::from), &TABLE_LAYOUT);
-            for r in rows {
-                let mut row = cells(r);
-                if row[2].is_empty() {
-                    row[2] = "-".into();
-                }
-                table_line(&mut out, &row, &TABLE_LAYOUT);
-            }
+            // The CSV above has one more column (the average latency): only the table is here.
+            rows_out(
+                &mut out,
+                format,
+                "",
+                TABLE_HEADER,
+                &TABLE_LAYOUT,
+                Some(2),
+                rows.iter().map(cells),
+            );
             for (key, t) in totals {
                 let peak = t
                     .peak_day()
