@@ -268,17 +268,24 @@ async fn change_key<T: Send + 'static>(
     .await
 }
 
-/// Every key's last use, read from the ledger off the async threads.
-pub(crate) async fn last_used(gw: &Gateway) -> HashMap<String, String> {
+/// What `read` finds in the ledger, read off the async threads; `None` when the ledger cannot
+/// be opened or read.
+async fn from_ledger<T: Send + 'static>(
+    gw: &Gateway,
+    read: impl FnOnce(&Ledger) -> Option<T> + Send + 'static,
+) -> Option<T> {
     let path = gw.runtime().config.storage.path.clone();
-    tokio::task::spawn_blocking(move || {
-        Ledger::open_read_only(&path)
-            .ok()
-            .and_then(|l| l.last_used_all().ok())
-            .unwrap_or_default()
-    })
-    .await
-    .unwrap_or_default()
+    tokio::task::spawn_blocking(move || read(&Ledger::open_read_only(&path).ok()?))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Every key's last use.
+pub(crate) async fn last_used(gw: &Gateway) -> HashMap<String, String> {
+    from_ledger(gw, |l| l.last_used_all().ok())
+        .await
+        .unwrap_or_default()
 }
 
 /// A key as the admin API shows it, with its last use.
@@ -299,17 +306,8 @@ fn describe_key(gw: &Gateway, key: &crate::config::KeyPolicy, last_used: Option<
 async fn describe(gw: &Gateway, id: &str) -> Option<Value> {
     let rt = gw.runtime();
     let key = rt.config.keys.iter().find(|k| &*k.id == id)?.clone();
-    let (path, owned) = (rt.config.storage.path.clone(), id.to_owned());
-    let last_used = tokio::task::spawn_blocking(move || {
-        Ledger::open_read_only(&path)
-            .ok()?
-            .last_used(&owned)
-            .ok()
-            .flatten()
-    })
-    .await
-    .ok()
-    .flatten();
+    let owned = id.to_owned();
+    let last_used = from_ledger(gw, move |l| l.last_used(&owned).ok().flatten()).await;
     Some(describe_key(gw, &key, last_used))
 }
 

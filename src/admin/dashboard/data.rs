@@ -63,9 +63,12 @@ pub const MAX_KEY_ROWS: usize = 200;
 /// it is empty), most spend this month first, then most recently used.
 pub async fn overview(gw: &Gateway, query: &str) -> Overview {
     let rt = gw.runtime();
-    // With several replicas, month-to-date spend is read from the shared store first.
-    crate::admin::health::refresh_shared_spend(gw).await;
-    let used = crate::admin::keys::last_used(gw).await;
+    // With several replicas, month-to-date spend is read from the shared store first (while
+    // the ledger gives each key's last use).
+    let ((), used) = tokio::join!(
+        crate::admin::health::refresh_shared_spend(gw),
+        crate::admin::keys::last_used(gw)
+    );
     let needle = query.trim().to_lowercase();
     let month = calendar::month_index(gw.metering.clock.now_utc());
     let mut matching: Vec<(u64, Option<&String>, &KeyPolicy)> = rt

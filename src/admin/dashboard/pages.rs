@@ -13,9 +13,9 @@
 
 use super::model::{Day, EventRow, KeyPage, KeyRow, ModelCost, Overview, Utilization};
 use super::svg::{self, escape};
+use crate::usage::report;
 
 /// The stylesheet every page inlines: readable down to a 375 px wide phone. On a narrow screen
-use crate::usage::report;
 /// each table row becomes a card of labelled cells (the labels come from `data-th`); wider
 /// tables scroll inside their own box instead of widening the page.
 pub const STYLE: &str = r":root{color-scheme:light;--muted:#6b7280;--line:#e5e7eb}
