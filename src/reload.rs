@@ -236,3 +236,18 @@ pub async fn watch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_that_panics_answers_none_and_the_thread_takes_the_next_one() {
+        let panicked = on_reload_thread(|| -> u8 { panic!("a reload that panics") }).await;
+        assert_eq!(panicked, None);
+        assert_eq!(on_reload_thread(|| 1_u8).await, Some(1));
+        // Still the one thread: reloads never run side by side.
+        let name = on_reload_thread(|| std::thread::current().name().map(str::to_owned)).await;
+        assert_eq!(name.flatten().as_deref(), Some("keygate-reload"));
+    }
+}

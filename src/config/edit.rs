@@ -1053,21 +1053,33 @@ output_per_million = 1.10
             .unwrap()
             .to_owned();
         let before = std::fs::read_to_string(&path).unwrap();
-        let err = apply_key(
-            &path,
-            KeyChange::Edit(
-                "b",
-                Box::new(move |t: &mut Table| {
-                    t["hash"] = value(a_hash.as_str());
-                    Ok(())
-                }),
-            ),
-        )
-        .unwrap_err();
+        let give_b = |hash: String| {
+            apply_key(
+                &path,
+                KeyChange::Edit(
+                    "b",
+                    Box::new(move |t: &mut Table| {
+                        t["hash"] = value(hash.as_str());
+                        Ok(())
+                    }),
+                ),
+            )
+        };
+        let err = give_b(a_hash.clone()).unwrap_err();
         assert!(
             err.to_string().contains("already used by key \"a\""),
             "{err}"
         );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        // A rotated-out secret still opens its key during the grace: b cannot have it either.
+        let now = humantime::parse_rfc3339("2026-11-27T00:00:00Z").unwrap();
+        rotate(&path, "a", Duration::from_secs(3600), now).unwrap();
+        let err = give_b(a_hash.clone()).unwrap_err();
+        assert!(
+            err.to_string().contains("already used by key \"a\""),
+            "{err}"
+        );
+        let before = std::fs::read_to_string(&path).unwrap();
         let err = apply_key(
             &path,
             KeyChange::Edit(
