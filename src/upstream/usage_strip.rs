@@ -68,23 +68,20 @@ impl UsageStripper {
         let start = b"data:".len();
         // Every event but the last says `"usage":null`: take it out without parsing the event.
         // (Inside JSON strings quotes are escaped, so `"usage"` is a member.) The member keygate
-        // asked for is the event's own, written after its choices: the last one found.
-        let mut any = false;
-        let mut cut = None;
-        for at in USAGE_FINDER.find_iter(data) {
-            any = true;
-            cut = null_member(data, at).or(cut);
-        }
-        if let Some(cut) = cut {
+        // asked for is the event's own, written after its choices: the last one.
+        let Some(last) = USAGE_FINDER.find_iter(data).last() else {
+            out.extend_from_slice(line);
+            return;
+        };
+        if let Some(cut) = null_member(data, last) {
             out.extend_from_slice(&line[..start + cut.start]);
             out.extend_from_slice(&line[start + cut.end..]);
             return;
         }
-        if any
-            && let Ok(Shape {
-                choices: Some(choices),
-                usage: Some(_),
-            }) = serde_json::from_slice::<Shape>(data)
+        if let Ok(Shape {
+            choices: Some(choices),
+            usage: Some(_),
+        }) = serde_json::from_slice::<Shape>(data)
             && choices.is_empty()
         {
             self.drop_blank = true;
@@ -156,7 +153,7 @@ data: [DONE]\n\n";
 
     #[test]
     fn a_null_usage_member_is_cut_with_one_comma_wherever_it_stands() {
-        let cases: [(&str, &str); 9] = [
+        let cases: [(&str, &str); 10] = [
             (r#"{"a":1,"usage":null}"#, r#"{"a":1}"#),
             (r#"{"a":1, "usage" : null }"#, r#"{"a":1 }"#),
             (r#"{"usage":null,"a":1}"#, r#"{"a":1}"#),
@@ -168,7 +165,11 @@ data: [DONE]\n\n";
                 r#"{"choices":[{"index":0}],"usage":{"prompt_tokens":1}}"#,
                 r#"{"choices":[{"index":0}],"usage":{"prompt_tokens":1}}"#,
             ),
-            // A nested member of that name stays: the event's own comes last.
+            // A nested member stays, whether the event's own is null or not.
+            (
+                r#"{"choices":[{"delta":{},"usage":null}],"usage":{"prompt_tokens":1}}"#,
+                r#"{"choices":[{"delta":{},"usage":null}],"usage":{"prompt_tokens":1}}"#,
+            ),
             (
                 r#"{"choices":[{"delta":{},"usage":null,"x":1}],"usage":null}"#,
                 r#"{"choices":[{"delta":{},"usage":null,"x":1}]}"#,
