@@ -98,9 +98,11 @@ pub struct Metered {
 /// that arrives as one frame is never copied). Used for what one poll of an answer could
 /// gather, and for a request body.
 #[derive(Default)]
-pub(super) struct Gathered {
-    first: Option<Bytes>,
-    more: Option<BytesMut>,
+pub(super) enum Gathered {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
 }
 
 impl Gathered {
@@ -108,32 +110,34 @@ impl Gathered {
         if data.is_empty() {
             return;
         }
-        if self.first.is_none() && self.more.is_none() {
-            self.first = Some(data);
-        } else {
-            self.buffer(data.len()).extend_from_slice(&data);
+        match self {
+            Gathered::Empty => *self = Gathered::One(data),
+            _ => self.write(data.len(), |all| all.extend_from_slice(&data)),
         }
     }
 
-    /// The buffer later frames are copied into, holding what was gathered so far, with room
-    /// for `extra` more bytes. (`first` and `more` are never both set.)
-    fn buffer(&mut self, extra: usize) -> &mut BytesMut {
-        let first = self.first.take();
-        let all = self.more.get_or_insert_with(|| {
-            let held = first.as_ref().map_or(0, Bytes::len);
-            let mut all = BytesMut::with_capacity(held + extra);
-            all.extend_from_slice(first.as_deref().unwrap_or_default());
-            all
-        });
+    /// Lets `write` append to what was gathered so far, with room for `extra` more bytes.
+    fn write(&mut self, extra: usize, write: impl FnOnce(&mut BytesMut)) {
+        let mut all = match std::mem::take(self) {
+            Gathered::Many(all) => all,
+            Gathered::One(first) => {
+                let mut all = BytesMut::with_capacity(first.len() + extra);
+                all.extend_from_slice(&first);
+                all
+            }
+            Gathered::Empty => BytesMut::new(),
+        };
         all.reserve(extra);
-        all
+        write(&mut all);
+        *self = Gathered::Many(all);
     }
 
-    /// What was gathered, if anything.
+    /// What was gathered, if anything; empty again after.
     pub(super) fn take(&mut self) -> Option<Bytes> {
-        match (self.first.take(), self.more.take()) {
-            (_, Some(all)) => (!all.is_empty()).then(|| all.freeze()),
-            (first, None) => first,
+        match std::mem::take(self) {
+            Gathered::Empty => None,
+            Gathered::One(data) => Some(data),
+            Gathered::Many(all) => (!all.is_empty()).then(|| all.freeze()),
         }
     }
 }
@@ -173,7 +177,7 @@ impl Flow {
     fn finish_stripping(&mut self, out: &mut Gathered) {
         let scanner = &mut self.scanner;
         if let Some(s) = self.stripper.as_mut() {
-            s.finish(&mut |line| scanner.line(line), out.buffer(0));
+            out.write(0, |out| s.finish(&mut |line| scanner.line(line), out));
         }
     }
 
@@ -185,11 +189,9 @@ impl Flow {
         match self.stripper.as_mut() {
             // One pass: the stripper splits the lines, shows them to the scanner and copies
             // what passes straight into the gathered bytes.
-            Some(s) => s.process(
-                &data,
-                &mut |line| scanner.line(line),
-                out.buffer(data.len()),
-            ),
+            Some(s) => out.write(data.len(), |out| {
+                s.process(&data, &mut |line| scanner.line(line), out);
+            }),
             None => {
                 scanner.feed_frame(&data);
                 out.push(data);
@@ -213,6 +215,8 @@ impl Flow {
     /// (or, failing that, as an abort, which bills the whole reservation).
     async fn read_to_end(mut self, bounds: Continuation) {
         let deadline = Instant::now() + bounds.total;
+        // What passes the stripper goes nowhere; one buffer takes it, frame after frame.
+        let mut unread = Gathered::default();
         loop {
             let wait = bounds
                 .idle
@@ -223,11 +227,16 @@ impl Flow {
                     // Through the stripper when there is one: it holds the start of the line
                     // the client's part ended in, which may be the usage event.
                     if let Ok(data) = frame.into_data() {
-                        self.observe(data, &mut Gathered::default());
+                        self.observe(data, &mut unread);
+                        // Nobody receives it: emptied for the next frame, keeping the buffer.
+                        match &mut unread {
+                            Gathered::Many(all) => all.clear(),
+                            other => *other = Gathered::Empty,
+                        }
                     }
                 }
                 Ok(None) => {
-                    self.finish_stripping(&mut Gathered::default());
+                    self.finish_stripping(&mut unread);
                     break;
                 }
                 Ok(Some(Err(_))) | Err(_) => {

@@ -66,9 +66,6 @@ impl Conn {
             return Poll::Ready(v);
         }
         self.drive(&mut quiet);
-        if let Poll::Ready(v) = inner(&mut quiet) {
-            return Poll::Ready(v);
-        }
         if let Poll::Ready(v) = inner(cx) {
             return Poll::Ready(v);
         }
