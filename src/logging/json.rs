@@ -9,7 +9,6 @@
 
 use std::fmt::{self, Write as _};
 use std::io;
-use std::time::SystemTime;
 
 use serde::Serializer as _;
 use tracing::field::{Field, Visit};
@@ -18,7 +17,7 @@ use tracing_subscriber::fmt::format::{self, Format, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use super::text::timestamp;
+use super::text::stamp;
 
 /// The JSON format with flattened events, written the short way.
 pub struct Json {
@@ -45,16 +44,13 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let Some(stamp) = timestamp(SystemTime::now()) else {
+        // An event in a span gets the span and the span list (the current span even for an
+        // explicit root, as the JSON format looks it up).
+        let in_span = event.parent().is_some() || ctx.lookup_current().is_some();
+        let Some(stamp) = stamp(event, in_span) else {
             return self.fallback.format_event(ctx, writer, event);
         };
-        // `log` records carry their real target and level in fields the JSON format reads;
-        // an event in a span gets the span and the span list.
-        if meta.target() == "log" || event.parent().is_some() || ctx.lookup_current().is_some() {
-            return self.fallback.format_event(ctx, writer, event);
-        }
-        writer.write_str("{\"timestamp\":\"")?;
-        writer.write_str(stamp.as_str()?)?;
+        write!(writer, "{{\"timestamp\":\"{stamp}")?;
         writer.write_str(match *meta.level() {
             Level::TRACE => "\",\"level\":\"TRACE\"",
             Level::DEBUG => "\",\"level\":\"DEBUG\"",
@@ -237,6 +233,8 @@ mod tests {
                 "strings that need escaping"
             );
             tracing::debug!(addr = %"127.0.0.1:80", list = ?vec!["a\"b"], "display and debug");
+            // Past the 64 bytes formatted on the stack: the serde_json path.
+            tracing::debug!(long = ?vec!["x\"y"; 40], "a long debug value");
             tracing::trace!(n = 1_u64);
             tracing::info!("formatted {} and \x1b[31mred\x1b[0m {}", 42, "\u{9b}x");
             let err = std::io::Error::other("cause \"quoted\"");

@@ -33,15 +33,14 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let Some(stamp) = timestamp(SystemTime::now()) else {
+        let meta = event.metadata();
+        let stamp = (!writer.has_ansi_escapes())
+            .then(|| stamp(event, ctx.event_scope().is_some()))
+            .flatten();
+        let Some(stamp) = stamp else {
             return self.fallback.format_event(ctx, writer, event);
         };
-        let meta = event.metadata();
-        // `log` records carry their real target and level in fields the default format reads.
-        if writer.has_ansi_escapes() || meta.target() == "log" || ctx.event_scope().is_some() {
-            return self.fallback.format_event(ctx, writer, event);
-        }
-        writer.write_str(stamp.as_str()?)?;
+        write!(writer, "{stamp}")?;
         writer.write_str(match *meta.level() {
             Level::TRACE => " TRACE ",
             Level::DEBUG => " DEBUG ",
@@ -64,40 +63,24 @@ where
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, in a fixed buffer.
-pub(super) struct Stamp([u8; 27]);
-
-impl Stamp {
-    pub(super) fn as_str(&self) -> Result<&str, fmt::Error> {
-        std::str::from_utf8(&self.0).map_err(|_| fmt::Error)
+/// The time stamp of a line written the short way, or `None` for one the default format
+/// must write: a record of the `log` crate (its real target and level are in fields the
+/// default format reads), an event in a span, a time outside what humantime writes.
+pub(super) fn stamp(event: &Event<'_>, in_span: bool) -> Option<humantime::Rfc3339Timestamp> {
+    if in_span || event.metadata().target() == "log" {
+        return None;
     }
+    writable(SystemTime::now())
 }
 
-/// The UTC time stamp of `now`, as tracing-subscriber writes it; `None` outside 1970–9999.
-pub(super) fn timestamp(now: SystemTime) -> Option<Stamp> {
-    let since = now.duration_since(SystemTime::UNIX_EPOCH).ok()?;
-    let secs = since.as_secs();
-    let (year, month, day) = crate::usage::calendar::civil(i64::try_from(secs / 86_400).ok()?);
-    let year = u32::try_from(year).ok().filter(|y| *y <= 9999)?;
-    let of_day = u32::try_from(secs % 86_400).ok()?;
-    let mut b = *b"0000-00-00T00:00:00.000000Z";
-    digits(&mut b[0..4], year);
-    digits(&mut b[5..7], month);
-    digits(&mut b[8..10], day);
-    digits(&mut b[11..13], of_day / 3600);
-    digits(&mut b[14..16], of_day / 60 % 60);
-    digits(&mut b[17..19], of_day % 60);
-    digits(&mut b[20..26], since.subsec_micros());
-    Some(Stamp(b))
+/// `now` as tracing-subscriber writes it, `2026-01-01T00:00:00.000000Z`; `None` before 1970
+/// or after 9999, where humantime cannot.
+fn writable(now: SystemTime) -> Option<humantime::Rfc3339Timestamp> {
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+    (secs < LAST_SECOND_OF_9999 + 1).then(|| humantime::format_rfc3339_micros(now))
 }
 
-/// Writes `n`'s last `out.len()` decimal digits into `out`, zero-padded.
-fn digits(out: &mut [u8], mut n: u32) {
-    for place in out.iter_mut().rev() {
-        *place = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-}
+const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
 
 /// Writes an event's fields as tracing-subscriber's default visitor does: the message as it
 /// is (its terminal control characters escaped), every other field as `name=value`, strings
@@ -326,21 +309,15 @@ mod tests {
     }
 
     #[test]
-    fn time_stamps_match_rfc3339_with_microseconds() {
-        for secs in [0, 86_399, 951_782_400, 1_798_761_599, 253_402_300_799] {
-            for micros in [0, 1, 999_999] {
-                let t = SystemTime::UNIX_EPOCH
-                    + std::time::Duration::from_secs(secs)
-                    + std::time::Duration::from_micros(micros);
-                let stamp = timestamp(t).unwrap();
-                assert_eq!(
-                    stamp.as_str().unwrap(),
-                    humantime::format_rfc3339_micros(t).to_string()
-                );
-            }
-        }
-        let after_9999 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_800);
-        assert!(timestamp(after_9999).is_none());
+    fn times_humantime_cannot_write_go_to_the_default_format() {
+        let at = |secs| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let first = writable(at(0)).unwrap().to_string();
+        assert_eq!(first, "1970-01-01T00:00:00.000000Z");
+        let last = writable(at(LAST_SECOND_OF_9999)).unwrap().to_string();
+        assert_eq!(last, "9999-12-31T23:59:59.000000Z");
+        assert!(writable(at(LAST_SECOND_OF_9999 + 1)).is_none());
+        let before = SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(1);
+        assert!(writable(before).is_none());
     }
 
     proptest! {
@@ -348,19 +325,11 @@ mod tests {
         fn any_string_is_written_as_the_default_format_writes_it(
             value in prop_oneof![any::<String>(), "[ -~]{0,40}"],
             message in any::<String>(),
-            secs in 0_u64..253_402_300_800,
-            nanos in 0_u32..1_000_000_000,
         ) {
             assert_same(|| {
                 tracing::info!(value = value.as_str(), "{message}");
                 tracing::info!(message = value.as_str());
             });
-            let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
-            let stamp = timestamp(t).unwrap();
-            prop_assert_eq!(
-                stamp.as_str().unwrap(),
-                humantime::format_rfc3339_micros(t).to_string()
-            );
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 /// (year, month 1-12, day 1-31) of a count of days since 1970-01-01, proleptic Gregorian.
 /// Howard Hinnant's `civil_from_days`.
-pub(crate) fn civil(days: i64) -> (i64, u32, u32) {
+fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
