@@ -102,6 +102,7 @@ taskset -c 1 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appe
 redis_pid=$!
 pids+=($redis_pid)
 for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break; sleep 0.05; done
+(echo > "/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null || { echo "redis-server did not start" >&2; cat "$tmp/redis.out" >&2; exit 1; }
 sed -e "s|^path = \".*keygate.db\"|path = \"$tmp/keygate-redis.db\"|" "$tmp/keygate.toml" >"$tmp/keygate-redis.toml"
 printf '[cluster]\nredis_url_env = "BENCH_REDIS_URL"\nreplicas_hint = 2\n' >>"$tmp/keygate-redis.toml"
 BENCH_UPSTREAM_KEY=sk-bench BENCH_REDIS_URL="redis://127.0.0.1:$redis_port/0" TOKIO_WORKER_THREADS=1 RUST_LOG="${RUST_LOG:-info}" \
@@ -159,6 +160,7 @@ taskset -c 1 "$nginx_bin" -p "$tmp" -c "$tmp/nginx.conf" -g 'daemon off; master_
 nginx_pid=$!
 pids+=($nginx_pid)
 for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null && break; sleep 0.05; done
+(echo > "/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null || { echo "nginx did not start" >&2; cat "$tmp/nginx.err" >&2; exit 1; }
 
 modes="${MODES:-plain stream stream_usage}"
 for mode in $modes; do
@@ -166,6 +168,7 @@ for mode in $modes; do
     plain) extra='' ;;
     stream) extra=', "stream": true' ;;
     stream_usage) extra=', "stream": true, "stream_options": {"include_usage": true}' ;;
+    *) echo "unknown mode $mode (plain, stream or stream_usage)" >&2; exit 1 ;;
   esac
   for k in "$key:" "$lkey:_limited"; do
     cat >"$tmp/$mode${k#*:}.lua" <<LUA
@@ -207,7 +210,7 @@ for mode in $modes; do
         "http://$addr/v1/chat/completions" >"$tmp/wrk.out"
       after=$(cpu_ticks "$pid")
       user_after=$(user_ticks "$pid")
-      if grep -q 'Non-2xx' "$tmp/wrk.out"; then echo "non-2xx answers:" >&2; cat "$tmp/wrk.out" >&2; exit 1; fi
+      if grep -qE 'Non-2xx|Socket errors' "$tmp/wrk.out"; then echo "failed requests:" >&2; cat "$tmp/wrk.out" >&2; exit 1; fi
       rps=$(awk '/Requests\/sec/ {print $2}' "$tmp/wrk.out")
       reqs=$(awk '/requests in/ {print $1}' "$tmp/wrk.out")
       p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$tmp/wrk.out")")

@@ -81,6 +81,7 @@ start=$(date +%s.%N)
 SCALE_UPSTREAM_KEY=sk-scale KEYGATE_ADMIN_TOKEN=scale "$bin" serve --config "$cfg" 2>"$tmp/serve.log" &
 pid=$!
 for _ in $(seq 1 600); do curl -sf -o /dev/null "http://127.0.0.1:$admin/healthz" && break; sleep 0.02; done
+curl -sf -o /dev/null "http://127.0.0.1:$admin/healthz" || { echo "keygate did not become ready" >&2; cat "$tmp/serve.log" >&2; exit 1; }
 echo "serve until ready            $(echo "$(date +%s.%N) - $start" | bc | xargs printf '%7.2f') s"
 sleep 1
 before=$(rss)
@@ -93,6 +94,7 @@ for n in 1 2; do
   t=$(date +%s.%N)
   kill -HUP "$pid"
   for _ in $(seq 1 300); do [ "$(reloaded)" -ge "$n" ] && break; sleep 0.02; done
+  [ "$(reloaded)" -ge "$n" ] || { echo "reload $n did not finish" >&2; tail -5 "$tmp/serve.log" >&2; exit 1; }
   took=$(echo "$(date +%s.%N) - $t" | bc)
   sleep 1
   echo "reload $n                     $(printf '%7.2f' "$took") s, resident $(rss) MB (start: $before MB)"

@@ -4,6 +4,8 @@
 # redis-server; chromium, Node.js and playwright-core for the dashboard; the Node openai SDK;
 # the deploy/ validators), then formatting, lints and every test.
 set -euo pipefail
+# A failure inside $(...) stops the script too.
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import openai' 2>/dev/null; then
@@ -35,6 +37,7 @@ deb_tool() {
     for deb in ".tools/deb/${package}"_*.deb; do :; done   # the last (newest) version
     dpkg -x "$deb" ".tools/$package"
   fi
+  [ -x ".tools/$package$path" ] || { echo "$package has no $path" >&2; return 1; }
   echo "$PWD/.tools/$package$path"
 }
 
