@@ -13,14 +13,12 @@ use http::Request;
 use http_body_util::Full;
 
 fn chat_req(s: &Setup, key: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut b = Request::post(s.gw.url("/v1/chat/completions"))
-        .header("authorization", s.key(key).bearer())
-        .header("content-type", "application/json");
-    for (n, v) in headers {
-        b = b.header(*n, *v);
-    }
-    b.body(Full::new(Bytes::from(chat("deepseek-chat").to_string())))
-        .unwrap()
+    post_req(
+        &s.gw.url("/v1/chat/completions"),
+        Some(s.key(key)),
+        &chat("deepseek-chat"),
+        headers,
+    )
 }
 
 const NET_KEY: &str = "scopes = [\"chat\"]\nallowed_ips = [\"203.0.113.0/24\"]";

@@ -76,13 +76,7 @@ fn req(
     body: &Value,
     headers: &[(&str, &str)],
 ) -> Request<Full<Bytes>> {
-    let mut b = Request::post(s.gw.url(path))
-        .header("authorization", s.key(key).bearer())
-        .header("content-type", "application/json");
-    for (n, v) in headers {
-        b = b.header(*n, *v);
-    }
-    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+    post_req(&s.gw.url(path), Some(s.key(key)), body, headers)
 }
 
 /// The key's ledger total once every request so far is settled and written.

@@ -17,13 +17,7 @@ use serde_json::json;
 
 fn stream_req(s: &Setup, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
     let body = json!({"model": "deepseek-chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
-    let mut b = Request::post(s.gw.url("/v1/chat/completions"))
-        .header("authorization", s.key("app").bearer())
-        .header("content-type", "application/json");
-    for (n, v) in headers {
-        b = b.header(*n, *v);
-    }
-    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+    post_req(&s.gw.url("/v1/chat/completions"), Some(s.key("app")), &body, headers)
 }
 
 /// Reads a streamed answer to its end; `Err` if the stream broke, with what arrived before.
@@ -164,12 +158,12 @@ async fn every_request_is_settled_once_with_tokens_and_no_secrets() {
         .init();
     let s = Setup::new(&[("app", "scopes = [\"chat\"]")]).await;
     let body = json!({"model": "deepseek-chat", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "hello there"}]});
-    let req = Request::post(s.gw.url("/v1/chat/completions"))
-        .header("authorization", s.key("app").bearer())
-        .header("content-type", "application/json")
-        .header("x-mock-chunks", "5")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+    let req = post_req(
+        &s.gw.url("/v1/chat/completions"),
+        Some(s.key("app")),
+        &body,
+        &[("x-mock-chunks", "5")],
+    );
     let (_, _, end) = read_stream(req).await;
     assert!(end.is_ok());
     let a = chat_request(&s.gw.url("/v1/chat/completions"), s.key("app")).await;
