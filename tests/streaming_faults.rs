@@ -17,7 +17,12 @@ use serde_json::json;
 
 fn stream_req(s: &Setup, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
     let body = json!({"model": "deepseek-chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
-    post_req(&s.gw.url("/v1/chat/completions"), Some(s.key("app")), &body, headers)
+    post_req(
+        &s.gw.url("/v1/chat/completions"),
+        Some(s.key("app")),
+        &body,
+        headers,
+    )
 }
 
 /// Reads a streamed answer to its end; `Err` if the stream broke, with what arrived before.

@@ -408,7 +408,9 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 
 /// One HTTP/1.1 response read from a connection that stays open: status, head (lowercase) and
 /// body (by `Content-Length`). `None` when the server closed the connection first.
-pub async fn read_response(s: &mut TcpStream) -> Option<(u16, String, Vec<u8>)> {
+pub async fn read_response(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Option<(u16, String, Vec<u8>)> {
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -439,6 +441,33 @@ pub async fn read_response(s: &mut TcpStream) -> Option<(u16, String, Vec<u8>)> 
         body.extend_from_slice(&chunk[..n]);
     }
     Some((raw_status(&head), head, body))
+}
+
+/// Trickles a byte of body every `every`, `times` times, while reading the answer: the answer
+/// and how long it took. The trickle and the reading run together, so an answer that only
+/// comes once the client goes quiet shows up as late.
+pub async fn trickle_and_read(
+    conn: &mut TcpStream,
+    every: Duration,
+    times: usize,
+) -> (Option<(u16, String, Vec<u8>)>, Duration) {
+    let started = tokio::time::Instant::now();
+    let (mut rd, mut wr) = conn.split();
+    let trickle = async {
+        for _ in 0..times {
+            tokio::time::sleep(every).await;
+            if wr.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+        // Then quiet: only the answer ends this.
+        std::future::pending::<()>().await
+    };
+    let answer = tokio::select! {
+        answer = read_response(&mut rd) => answer,
+        () = trickle => None,
+    };
+    (answer, started.elapsed())
 }
 
 /// Status code of the first response in a raw HTTP answer (0 if none).
