@@ -258,10 +258,21 @@ async fn a_missing_upstream_key_is_reported_as_down() {
     let mock = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = app_config(dir.path(), &mock.url(), "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "idle_timeout = \"3s\"",
+        "idle_timeout = \"3s\"\nprobe_interval = \"100ms\"",
+    );
+    assert!(text.contains("probe_interval"));
+    std::fs::write(&path, text).unwrap();
     let gw = Binary::serve(&path, &[]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The gauge starts at 0: it must stay there through a second of probes every 100 ms of
+    // an upstream that answers (`upstream_up_is_checked_in_the_background` shows the same
+    // probes turn it to 1 when the key is there).
+    for _ in 0..10 {
+        assert_eq!(upstream_up(&gw).await, Some(0.0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let text = get(&gw.admin_url("/metrics"), None).await.text();
-    assert_eq!(sample(&text, "keygate_upstream_up"), Some(0.0), "{text}");
     assert_eq!(sample(&text, "keygate_upstream_key_configured"), Some(0.0));
     let ready = get(&gw.admin_url("/readyz"), None).await;
     assert_eq!(ready.status, 503);
