@@ -306,9 +306,21 @@ async fn a_running_gateway_follows_cli_changes() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // SIGHUP reloads too.
+    // SIGHUP reloads too: seen in the reload counter before the gateway is stopped.
+    let reloads = || async {
+        let text = get(&gw.admin_url("/metrics"), None).await.text();
+        sample(&text, "keygate_config_reloads_total{result=\"success\"}").unwrap_or(0.0)
+    };
+    let before = reloads().await;
     gw.signal("-HUP");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while reloads().await <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     gw.signal("-TERM");
     let (status, logs) = gw.wait().await;
     assert!(status.success());
