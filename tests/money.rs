@@ -765,6 +765,33 @@ async fn a_budgeted_stream_its_client_leaves_is_billed_in_full() {
     assert_money_holds(&s, "app", 1_000_000).await;
 }
 
+/// The client leaves while keygate holds the first half of the usage line it asked for (the
+/// client did not): the rest is read through the same stripper, so the request is billed the
+/// upstream's usage, not its reservation.
+#[tokio::test]
+async fn a_client_that_leaves_mid_usage_line_is_billed_the_usage() {
+    let s = budget_key("1", r#"["chat"]"#).await;
+    let body = json!({"model": "deepseek-chat", "stream": true, "max_tokens": 300, "messages": [{"role": "user", "content": "hi"}]});
+    let usage = r#"{"prompt_tokens":7,"completion_tokens":5}"#;
+    let whole = [("x-mock-chunks", "5"), ("x-mock-usage", usage)];
+    // The same answer read whole, for the price of that usage.
+    let resp = send(req(&s, "app", "/v1/chat/completions", &body, &whole)).await;
+    assert_eq!(resp.status, 200);
+    let (one, _, _) = ledger_total(&s, "app").await;
+    assert!(one > 0);
+    // Read up to the last event the client gets, then leave during the 500 ms the usage line
+    // is cut in two.
+    let split = [
+        ("x-mock-chunks", "5"),
+        ("x-mock-usage", usage),
+        ("x-mock-split-usage-ms", "500"),
+    ];
+    read_then_abort(&s, &body, &split, "\"finish_reason\":\"stop\"", 1).await;
+    let (total, requests, estimated) = ledger_total(&s, "app").await;
+    assert_eq!((requests, estimated), (2, 0), "real usage, not an estimate");
+    assert_eq!(total, 2 * one, "billed the usage, not the reservation");
+}
+
 /// Review: image, audio and file parts have tokens the body's size does not bound.
 #[tokio::test]
 async fn media_inputs_are_refused_for_budgeted_keys_only() {

@@ -26,6 +26,8 @@
 //! - `x-mock-chunk-delay-ms: N`: wait between streamed pieces.
 //! - `x-mock-cut-after: N`: reset the stream after N pieces.
 //! - `x-mock-stall-after: N`: stop sending (but keep the connection) after N pieces.
+//! - `x-mock-split-usage-ms: N`: send the usage event in two writes, N ms apart (its line
+//!   then arrives cut in the middle).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -547,6 +549,7 @@ fn generate(
     let delay = Duration::from_millis(header_num(h, "x-mock-chunk-delay-ms").unwrap_or(0));
     let cut_after = header_num(h, "x-mock-cut-after");
     let stall_after = header_num(h, "x-mock-stall-after");
+    let split_usage = header_num(h, "x-mock-split-usage-ms").map(Duration::from_millis);
     let index = state.generate(Generated {
         path: path.to_owned(),
         model: model.clone(),
@@ -608,7 +611,9 @@ fn generate(
         }
         // Generations beyond the `n` returned (best_of) are charged but not streamed.
         let unseen = (generations - returned) * plan.total();
+        let mut usage_event = None;
         if include_usage {
+            usage_event = Some(events.len());
             let u = usage_override
                 .clone()
                 .unwrap_or_else(|| usage(prompt, generations * plan.total()));
@@ -633,6 +638,18 @@ fn generate(
             if i > 0 && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            let event = match split_usage.filter(|_| usage_event == Some(i)) {
+                Some(pause) => {
+                    let half = event.slice(..event.len() / 2);
+                    if tx.send(Ok(half)).await.is_err() {
+                        state.cancelled.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                    event.slice(event.len() / 2..)
+                }
+                None => event,
+            };
             if tx.send(Ok(event)).await.is_err() {
                 state.cancelled.fetch_add(1, Ordering::SeqCst);
                 return;
