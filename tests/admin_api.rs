@@ -21,11 +21,21 @@ async fn admin(
     body: Option<Value>,
     token: Option<&str>,
 ) -> Answer {
+    let body = body.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
+    admin_bytes(gw, method, path, body, token).await
+}
+
+async fn admin_bytes(
+    gw: &Gw,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    token: Option<&str>,
+) -> Answer {
     let mut b = Request::builder().method(method).uri(gw.admin_url(path));
     if let Some(t) = token {
         b = b.header("authorization", format!("Bearer {t}"));
     }
-    let body = body.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
     send(
         b.header("content-type", "application/json")
             .body(Full::new(body))
@@ -534,4 +544,63 @@ async fn patch_removes_with_null_and_clears_with_an_empty_list() {
         assert!(a.text().contains("cannot be removed"));
     }
     assert_eq!(std::fs::read_to_string(s.gw.config_path()).unwrap(), before);
+}
+
+/// Out-of-range and ill-typed limits sent through the admin API are refused whole, and the
+/// key keeps its limits.
+#[tokio::test]
+async fn limits_out_of_range_or_of_the_wrong_type_are_refused_and_change_nothing() {
+    let s = Setup::new(&[(
+        "app",
+        "scopes = [\"chat\"]\nlimits = { requests_per_minute = 5 }",
+    )])
+    .await;
+    for bad in [
+        json!(0),
+        json!(4_294_967_296_u64),
+        json!(-1),
+        json!(1.5),
+        json!("10"),
+        json!([10]),
+    ] {
+        let refused = call(
+            &s.gw,
+            Method::PATCH,
+            "/admin/keys/app",
+            Some(json!({"limits": {"requests_per_minute": bad}})),
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.text());
+        assert!(
+            refused.text().contains("requests_per_minute"),
+            "{bad}: {}",
+            refused.text()
+        );
+        let now = call(&s.gw, Method::GET, "/admin/keys/app", None)
+            .await
+            .json();
+        assert_eq!(now["limits"]["requests_per_minute"], 5, "{bad}: {now}");
+    }
+    // A second document after the first is no patch either.
+    let trailing = admin_bytes(
+        &s.gw,
+        Method::PATCH,
+        "/admin/keys/app",
+        Bytes::from_static(br#"{"limits": {"requests_per_minute": 6}} {"name": "x"}"#),
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(trailing.status, 400, "{}", trailing.text());
+    let ok = call(
+        &s.gw,
+        Method::PATCH,
+        "/admin/keys/app",
+        Some(json!({"limits": {"requests_per_minute": 4_294_967_295_u64}})),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(
+        ok.json()["limits"]["requests_per_minute"],
+        4_294_967_295_u64
+    );
 }

@@ -156,13 +156,19 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, Answe
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
+    // The member at fault is named (`limits.requests_per_minute: invalid value: ...`).
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let invalid = |e: &dyn std::fmt::Display| {
         error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             format!("invalid JSON body: {e}"),
         )
-    })
+    };
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| invalid(&e))?;
+    // Nothing but white space may follow the document.
+    de.end().map_err(|e| invalid(&e))?;
+    Ok(value)
 }
 
 fn edit_error(e: EditError) -> Answer {
